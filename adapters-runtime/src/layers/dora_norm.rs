@@ -1,0 +1,116 @@
+//! The DoRA weight norm `n = ‖W0 + s·B·A‖` per output row, without forming the `out × in` matrix.
+//!
+//! ```text
+//! ‖W0 + sBA‖²_row = ‖W0‖²_row + 2s·rowsum((W0·Aᵀ) ⊙ B) + s²·rowsum((B·(A·Aᵀ)) ⊙ B)
+//! ```
+//! `‖W0‖²_row` is cached (W0 is frozen); `W0·Aᵀ` is `[out, r]`; `A·Aᵀ` is `[r, r]`. Everything is
+//! accumulated in the adapter dtype (f32, or f64 for f64 bases), casting W0 in row chunks so no
+//! full-size f32 copy of a bf16/f16 weight exists either. The squared norm is clamped at 0 before
+//! the square root (cancellation can make it slightly negative when W0 + sBA ≈ 0).
+//!
+//! For an embedding table `E [vocab, dim]` (A `[r, vocab]`, B `[dim, r]`) the same formula applies
+//! to `W = Eᵀ`: the norm runs over the vocab axis, one value per embedding dimension.
+
+use candle_core::{DType, Tensor, D};
+
+/// Elements of a base weight cast to the adapter dtype at once (32 MiB of f32).
+const CHUNK_ELEMS: usize = 8 << 20;
+
+fn chunk_rows(rows: usize, cols: usize) -> usize {
+    (CHUNK_ELEMS / cols.max(1)).clamp(1, rows.max(1))
+}
+
+/// Runs `f` over row chunks of `w [rows, cols]`, each cast to `dtype`.
+fn for_row_chunks(
+    w: &Tensor,
+    dtype: DType,
+    mut f: impl FnMut(usize, Tensor) -> candle_core::Result<()>,
+) -> candle_core::Result<()> {
+    let (rows, cols) = w.dims2()?;
+    if w.dtype() == dtype {
+        return f(0, w.clone());
+    }
+    let step = chunk_rows(rows, cols);
+    let mut start = 0;
+    while start < rows {
+        let len = step.min(rows - start);
+        f(start, w.narrow(0, start, len)?.to_dtype(dtype)?)?;
+        start += len;
+    }
+    Ok(())
+}
+
+/// `‖W[i,:]‖²` for each row of `w [out, in]`, in `dtype`: `[out]`.
+pub fn row_sq_norms(w: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
+    let mut parts = Vec::new();
+    for_row_chunks(w, dtype, |_, c| {
+        parts.push(c.sqr()?.sum(D::Minus1)?);
+        Ok(())
+    })?;
+    Tensor::cat(&parts, 0)
+}
+
+/// `‖E[:,j]‖²` for each column of an embedding table `e [vocab, dim]`, in `dtype`: `[dim]`.
+pub fn col_sq_norms(e: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for_row_chunks(e, dtype, |_, c| {
+        let s = c.sqr()?.sum(0)?;
+        acc = Some(match acc.take() {
+            Some(a) => (a + s)?,
+            None => s,
+        });
+        Ok(())
+    })?;
+    acc.ok_or_else(|| candle_core::Error::Msg("empty embedding table".into()))
+}
+
+/// `W·Aᵀ` for a linear weight `w [out, in]` and `a [r, in]` (adapter dtype): `[out, r]`.
+pub fn weight_times_at(w: &Tensor, a: &Tensor) -> candle_core::Result<Tensor> {
+    let at = a.t()?;
+    let mut parts = Vec::new();
+    for_row_chunks(w, a.dtype(), |_, c| {
+        parts.push(c.matmul(&at)?);
+        Ok(())
+    })?;
+    Tensor::cat(&parts, 0)
+}
+
+/// `(A·E)ᵀ` for an embedding table `e [vocab, dim]` and `a [r, vocab]`: `[dim, r]`, i.e. `W·Aᵀ`
+/// with `W = Eᵀ`.
+pub fn embedding_times_at(e: &Tensor, a: &Tensor) -> candle_core::Result<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for_row_chunks(e, a.dtype(), |start, c| {
+        let part = a.narrow(1, start, c.dim(0)?)?.matmul(&c)?;
+        acc = Some(match acc.take() {
+            Some(x) => (x + part)?,
+            None => part,
+        });
+        Ok(())
+    })?;
+    acc.ok_or_else(|| candle_core::Error::Msg("empty embedding table".into()))?
+        .t()
+}
+
+/// The factored norm from its parts: `base_sq [out]`, `w_at = W·Aᵀ [out, r]`, `a [r, in]`,
+/// `b [out, r]` and the scaling `s`. All inputs in one float dtype; result `[out]`, no gradient.
+pub fn factored_norm(
+    base_sq: &Tensor,
+    w_at: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    s: f64,
+) -> candle_core::Result<Tensor> {
+    let (a, b) = (a.detach(), b.detach());
+    let cross = (w_at * &b)?.sum(D::Minus1)?;
+    let aat = a.matmul(&a.t()?)?;
+    let sq = (b.matmul(&aat)? * &b)?.sum(D::Minus1)?;
+    let n2 = ((base_sq + (cross * (2.0 * s))?)? + (sq * (s * s))?)?;
+    n2.relu()?.sqrt()?.detach().contiguous()
+}
+
+/// The dense reference: `‖W + s·B·A‖` per row, forming the full matrix. For tests and checks only.
+pub fn dense_norm(w: &Tensor, a: &Tensor, b: &Tensor, s: f64) -> candle_core::Result<Tensor> {
+    let dt = a.dtype();
+    let full = (w.to_dtype(dt)? + (b.matmul(a)? * s)?)?;
+    full.sqr()?.sum(D::Minus1)?.sqrt()
+}

@@ -1,0 +1,42 @@
+//! # adapters-runtime
+//!
+//! DoRA and LoRA adapters for [candle](https://github.com/huggingface/candle) models, with
+//! HuggingFace PEFT's numerics:
+//!
+//! * [`AdaptedLinear`] / [`AdaptedEmbedding`]: frozen base layers carrying a LoRA or DoRA adapter,
+//!   drop-in `candle_nn::Module`s; the base weight never gets a gradient ([`ops::frozen_matmul`]).
+//! * The DoRA norm is computed without the `out × in` matrix ([`layers::dora_norm`]).
+//! * [`estimate`]: the parameter / memory formulas as `const fn`s, shared with the `#[adapter]`
+//!   macro ([`adapter`]) and the CLI.
+//! * [`Adapters`]: whole-model attach / merge / enable / count over an `#[adapter]` struct.
+
+pub mod config;
+pub mod error;
+pub mod estimate;
+pub mod layers;
+pub mod model;
+pub mod nn;
+pub mod ops;
+
+pub use adapters_macros::adapter;
+pub use candle_core;
+pub use candle_nn;
+pub use config::{AdapterConfig, Init};
+pub use error::{AdapterError, Result};
+pub use estimate::{BaseDType, Method};
+pub use layers::{AdaptedEmbedding, AdaptedLinear, Adapter};
+pub use model::{AdapterModel, Adapters, LayerSummary};
+
+/// Items the `#[adapter]` macro's generated code refers to. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::config::{AdapterConfig, Init};
+    pub use crate::error::{AdapterError, Result};
+    pub use crate::estimate;
+    pub use crate::estimate::{BaseDType, Method};
+    pub use crate::layers::{AdaptedEmbedding, AdaptedLinear};
+    pub use crate::model::{
+        check_count, join_path, AdapterModel, Declared, FieldInfo, FrozenModule, LayerMut, LayerRef,
+        Visitor, VisitorMut,
+    };
+}
