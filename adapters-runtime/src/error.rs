@@ -108,6 +108,136 @@ pub enum AdapterError {
         /// The clashing path.
         path: String,
     },
+    /// A file or folder could not be read, written or renamed.
+    #[error("{what} `{path}`: {source}")]
+    Io {
+        /// What was being done (`reading adapter config`, …).
+        what: String,
+        /// The file or folder.
+        path: std::path::PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON file is not valid JSON or does not have the expected fields.
+    #[error("file `{path}`: invalid JSON: {source}")]
+    Json {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The parse error (with line and column).
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A safetensors file is corrupt or truncated.
+    #[error("file `{path}`: not a valid safetensors file: {source}")]
+    SafeTensors {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    /// A setting of a config file is missing, unsupported or inconsistent.
+    #[error("file `{path}`: `{field}` is {actual}, expected {expected}")]
+    Config {
+        /// The config file.
+        path: std::path::PathBuf,
+        /// The field (`peft_type`, `fan_in_fan_out`, …).
+        field: String,
+        /// What is supported.
+        expected: String,
+        /// What the file holds.
+        actual: String,
+    },
+    /// Tensors of a checkpoint do not match what the model or the config expects; lists every
+    /// offending key.
+    #[error("{context}: {} key(s) do not match:{}", issues.len(), KeyIssue::list(issues))]
+    Keys {
+        /// The file (and operation) concerned.
+        context: String,
+        /// Each offending key with expected vs found.
+        issues: Vec<KeyIssue>,
+    },
+    /// The model's adapters cannot be written as one PEFT `LoraConfig`.
+    #[error("layer `{layer}`: {field} is {actual}, but other layers have {expected}; PEFT's adapter_config.json holds one value for all layers")]
+    Unrepresentable {
+        /// Layer path.
+        layer: String,
+        /// The setting (`use_dora`, `use_rslora`, `lora_dropout`, `init_lora_weights`).
+        field: &'static str,
+        /// The value of the other layers.
+        expected: String,
+        /// This layer's value.
+        actual: String,
+    },
+    /// An operation needs at least one attached adapter and the model has none.
+    #[error("{op}: the model has no attached adapter")]
+    NoAdapters {
+        /// The operation attempted.
+        op: &'static str,
+    },
+    /// The output path exists and overwriting was not asked for, or it is the input itself.
+    #[error("output `{path}`: {reason}")]
+    Output {
+        /// The output path.
+        path: std::path::PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// An argument (of a function or of the command) is not one of the accepted values.
+    #[error("argument `{name}`: expected {expected}, got {actual}")]
+    InvalidArgument {
+        /// The argument.
+        name: String,
+        /// What is accepted.
+        expected: String,
+        /// What was given.
+        actual: String,
+    },
+    /// A line of a JSONL training file is not a valid example.
+    #[error("file `{path}` line {line}: {reason}")]
+    DataLine {
+        /// The data file.
+        path: std::path::PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with the line (expected vs found).
+        reason: String,
+    },
+    /// A tokenizer could not be loaded, or failed to encode / decode.
+    #[error("tokenizer `{source_name}`: {reason}")]
+    Tokenizer {
+        /// The tokenizer file (or `byte-level`).
+        source_name: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The training loss or gradient norm became NaN or infinite; training stopped.
+    #[error("step {step}: {what} is {value}, not finite; training stopped ({})",
+        last_checkpoint.as_ref().map_or_else(|| "no checkpoint was written".to_string(),
+            |p| format!("last good checkpoint: `{}`", p.display())))]
+    NonFinite {
+        /// The optimizer step (1-based) being computed.
+        step: u64,
+        /// `loss` or `gradient norm`.
+        what: &'static str,
+        /// The offending value.
+        value: f64,
+        /// The last checkpoint written before the failure, if any.
+        last_checkpoint: Option<std::path::PathBuf>,
+    },
+    /// A training checkpoint does not match the run that resumes from it.
+    #[error("checkpoint `{path}`: {what} is {actual}, expected {expected}")]
+    Resume {
+        /// The checkpoint folder.
+        path: std::path::PathBuf,
+        /// What does not match (`tensor lora_A dtype`, `format_version`, …).
+        what: String,
+        /// What the resuming run expects.
+        expected: String,
+        /// What the checkpoint holds.
+        actual: String,
+    },
     /// An error from candle, with the layer it happened in when known.
     #[error("layer `{layer}`: {source}")]
     InLayer {
@@ -122,7 +252,60 @@ pub enum AdapterError {
     Candle(#[from] candle_core::Error),
 }
 
+/// One offending checkpoint key: what was expected and what was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyIssue {
+    /// The key (as in the file, or as it would be named when missing).
+    pub key: String,
+    /// What the model / config expects (`shape [4, 16]`, `present`, …).
+    pub expected: String,
+    /// What was found (`shape [8, 16]`, `missing`, …).
+    pub found: String,
+}
+
+impl KeyIssue {
+    /// A key issue.
+    pub fn new(
+        key: impl Into<String>,
+        expected: impl Into<String>,
+        found: impl Into<String>,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            expected: expected.into(),
+            found: found.into(),
+        }
+    }
+
+    fn list(issues: &[KeyIssue]) -> String {
+        issues.iter().map(|i| format!("\n  {i}")).collect()
+    }
+}
+
+impl std::fmt::Display for KeyIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}`: expected {}, found {}",
+            self.key, self.expected, self.found
+        )
+    }
+}
+
 impl AdapterError {
+    /// An [`AdapterError::Io`] error.
+    pub fn io(
+        what: impl Into<String>,
+        path: impl Into<std::path::PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        AdapterError::Io {
+            what: what.into(),
+            path: path.into(),
+            source,
+        }
+    }
+
     /// Turns this error into a candle error, for code paths bound by candle's `Module` trait.
     pub fn into_candle(self) -> candle_core::Error {
         match self {

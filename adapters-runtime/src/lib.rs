@@ -9,14 +9,19 @@
 //! * [`estimate`]: the parameter / memory formulas as `const fn`s, shared with the `#[adapter]`
 //!   macro ([`adapter`]) and the CLI.
 //! * [`Adapters`]: whole-model attach / merge / enable / count over an `#[adapter]` struct.
+//! * [`peft`]: PEFT adapter checkpoints both ways ([`save_adapter`], [`load_adapter`]) and merged
+//!   checkpoints ([`merge_checkpoint`]).
 
 pub mod config;
 pub mod error;
 pub mod estimate;
 pub mod layers;
 pub mod model;
+pub mod models;
 pub mod nn;
 pub mod ops;
+pub mod peft;
+pub mod train;
 
 pub use adapters_macros::adapter;
 pub use candle_core;
@@ -26,6 +31,7 @@ pub use error::{AdapterError, Result};
 pub use estimate::{BaseDType, Method};
 pub use layers::{AdaptedEmbedding, AdaptedLinear, Adapter};
 pub use model::{AdapterModel, Adapters, LayerSummary};
+pub use peft::{load_adapter, merge_checkpoint, save_adapter, LoadOptions, MergeOptions, SaveOptions};
 
 /// Items the `#[adapter]` macro's generated code refers to. Not a public API.
 #[doc(hidden)]

@@ -249,6 +249,18 @@ pub trait Adapters: AdapterModel {
     /// adapter to every `#[adapt]` field (seeded by `seed`), and registers the trainable tensors in
     /// `varmap` under `<path>.lora_A.weight`, `<path>.lora_B.weight`, `<path>.lora_magnitude_vector`.
     fn attach_adapters(&mut self, varmap: &VarMap, seed: u64) -> Result<()> {
+        self.attach_adapters_with(varmap, seed, &mut |_, config| Some(config))
+    }
+
+    /// [`Adapters::attach_adapters`] with a plan: for each `#[adapt]` field, `plan(path, declared
+    /// config)` returns the configuration to attach, or `None` to leave the layer bare (frozen).
+    /// This is how run-time choices (`--method`, `--rank`, `--targets`) override the attribute.
+    fn attach_adapters_with(
+        &mut self,
+        varmap: &VarMap,
+        seed: u64,
+        plan: &mut dyn FnMut(&str, AdapterConfig) -> Option<AdapterConfig>,
+    ) -> Result<()> {
         self.check_declared()?;
         let mut seen = HashSet::new();
         self.visit_layers_mut("", &mut |info, layer| {
@@ -256,12 +268,14 @@ pub trait Adapters: AdapterModel {
                 LayerMut::Linear { layer, config } => {
                     let path = layer_path(layer.path(), info);
                     layer.set_path(path.clone());
+                    let Some(config) = plan(&path, config) else { return Ok(()) };
                     layer.attach(config, seed)?;
                     (path, layer.named_vars())
                 }
                 LayerMut::Embedding { layer, config } => {
                     let path = layer_path(layer.path(), info);
                     layer.set_path(path.clone());
+                    let Some(config) = plan(&path, config) else { return Ok(()) };
                     layer.attach(config, seed)?;
                     (path, layer.named_vars())
                 }

@@ -22,6 +22,10 @@ pub struct AdaptedEmbedding {
     adapter: Option<Adapter>,
 }
 
+// The table lookup (`index_select`) only forms a gradient for the table when the table itself
+// tracks one: a frozen table is detached at construction, a trainable one (see
+// `AdaptedEmbedding::new_trainable`) keeps its graph identity.
+
 impl From<candle_nn::Embedding> for AdaptedEmbedding {
     fn from(e: candle_nn::Embedding) -> Self {
         Self::new(e.embeddings().clone())
@@ -32,6 +36,12 @@ impl AdaptedEmbedding {
     /// A bare (not yet adapted) embedding over `table [vocab, dim]`.
     pub fn new(table: Tensor) -> Self {
         Self { path: None, table: table.detach(), adapter: None }
+    }
+
+    /// An embedding whose table is trained directly (full training, e.g. pretraining): pass a
+    /// `Var`'s tensor; lookups then carry its gradient.
+    pub fn new_trainable(table: Tensor) -> Self {
+        Self { path: None, table, adapter: None }
     }
 
     /// Records the checkpoint path of the table (without `.weight`), e.g. `model.embed_tokens`.

@@ -22,6 +22,7 @@ pub struct AdaptedLinear {
     weight: Tensor,
     bias: Option<Tensor>,
     adapter: Option<Adapter>,
+    trainable_base: bool,
 }
 
 impl From<candle_nn::Linear> for AdaptedLinear {
@@ -38,7 +39,20 @@ impl AdaptedLinear {
             weight: weight.detach(),
             bias: bias.map(|b| b.detach()),
             adapter: None,
+            trainable_base: false,
         }
+    }
+
+    /// A layer whose base weight and bias are trained directly (full training, e.g. pretraining a
+    /// base model): `weight` and `bias` keep their graph identity (pass `Var`s' tensors) and the
+    /// forward uses a plain matmul, so they receive gradients. Adapters can still be attached.
+    pub fn new_trainable(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { path: None, weight, bias, adapter: None, trainable_base: true }
+    }
+
+    /// Whether the base weight receives gradients (see [`AdaptedLinear::new_trainable`]).
+    pub fn is_base_trainable(&self) -> bool {
+        self.trainable_base
     }
 
     /// Records the checkpoint path of the weight (without `.weight`), e.g. `model.layers.0.self_attn.q_proj`.
@@ -336,7 +350,7 @@ impl AdaptedLinear {
     }
 
     fn forward_unchecked(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let base = frozen_matmul(x, &self.weight)?;
+        let base = self.base_product(x)?;
         let y = match self.adapter.as_ref().filter(|a| a.active()) {
             None => base,
             Some(ad) => self.adapted(ad, x, base, train)?,
@@ -344,6 +358,15 @@ impl AdaptedLinear {
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
+        }
+    }
+
+    /// `x·W0ᵀ`: the no-weight-gradient op for a frozen base, a plain matmul for a trainable one.
+    fn base_product(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.trainable_base {
+            x.broadcast_matmul(&self.weight.t()?)
+        } else {
+            frozen_matmul(x, &self.weight)
         }
     }
 
@@ -364,7 +387,7 @@ impl AdaptedLinear {
         let scale = ad.magnitude_scale(&norm)?.to_dtype(act)?;
         if dropout {
             // PEFT: base(x) + (m/n − 1)·W0·drop(x) + (m/n)·lora(drop(x)).
-            let base_d = frozen_matmul(&xd, &self.weight)?;
+            let base_d = self.base_product(&xd)?;
             let term = base_d.broadcast_mul(&(scale.clone() - 1.0)?)?;
             (base + term)? + lora.broadcast_mul(&scale)?
         } else {

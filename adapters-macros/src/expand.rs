@@ -1,0 +1,305 @@
+//! Code generation: the struct with adapted field types, its constants, its `AdapterModel` impl
+//! and its budget checks. On any error the original item comes back (helper attributes removed)
+//! next to the `compile_error!`s, so one mistake does not cascade into unrelated errors.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned, ToTokens};
+use syn::spanned::Spanned as _;
+use syn::{Fields, Ident, Item, Type};
+
+use crate::ast::{Field, Input, Layer, Shape};
+use crate::attr::{Init, Method, Role};
+use crate::ctxt::Ctxt;
+use crate::{budget, consts, valid};
+
+/// Expands `#[adapter(args)] input`.
+pub fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
+    let item = match syn::parse2::<Item>(input.clone()) {
+        Ok(item) => item,
+        Err(e) => {
+            let e = e.to_compile_error();
+            return quote!(#input #e);
+        }
+    };
+    let cx = Ctxt::new();
+    let parsed = Input::from_syn(&item, args, &cx);
+    if let Some(p) = &parsed {
+        valid::validate(p, &cx);
+    }
+    match parsed {
+        Some(p) if !cx.has_errors() => generate(&p),
+        _ => {
+            let mut item = item.clone();
+            strip_helpers(&mut item);
+            let errors = cx.into_compile_errors();
+            quote!(#item #errors)
+        }
+    }
+}
+
+/// `::adapters_runtime::__private`, or `<crate = path>::__private`.
+pub fn private(input: &Input) -> TokenStream {
+    match &input.attr.krate {
+        Some(k) => {
+            let k = &k.value;
+            quote!(#k::__private)
+        }
+        None => quote!(::adapters_runtime::__private),
+    }
+}
+
+fn generate(input: &Input) -> TokenStream {
+    let p = private(input);
+    let item = rewrite(input, &p);
+    let consts = consts::constants(input, &p);
+    let model = adapter_model(input, &p);
+    let budgets = budget::budgets(input);
+    let originals = original_types(input);
+    quote! {
+        #item
+        #consts
+        #model
+        #budgets
+        #originals
+    }
+}
+
+/// Names the `#[adapt]` fields' original types (`Linear`, `Embedding`) once, so the user's
+/// imports of them still count as used after the fields were rewritten.
+fn original_types(input: &Input) -> TokenStream {
+    let types: Vec<&Type> = input
+        .fields
+        .iter()
+        .filter(|f| f.role.as_ref().is_some_and(|r| r.role == Role::Adapt))
+        .map(|f| f.ty)
+        .collect();
+    if types.is_empty() {
+        return TokenStream::new();
+    }
+    quote! {
+        const _: () = {
+            #(let _: ::core::marker::PhantomData<#types> = ::core::marker::PhantomData;)*
+        };
+    }
+}
+
+/// Removes `#[adapt]`, `#[frozen]` and `#[nested]` from every field of the item.
+fn strip_helpers(item: &mut Item) {
+    let strip = |fields: &mut Fields| {
+        for f in fields.iter_mut() {
+            f.attrs.retain(|a| Role::of(a).is_none());
+        }
+    };
+    match item {
+        Item::Struct(s) => strip(&mut s.fields),
+        Item::Enum(e) => e.variants.iter_mut().for_each(|v| strip(&mut v.fields)),
+        Item::Union(u) => u
+            .fields
+            .named
+            .iter_mut()
+            .for_each(|f| f.attrs.retain(|a| Role::of(a).is_none())),
+        _ => {}
+    }
+}
+
+/// The struct with helper attributes removed and `#[adapt]` field types replaced by the
+/// runtime's adapted layers.
+fn rewrite(input: &Input, p: &TokenStream) -> TokenStream {
+    let mut item = Item::Struct(input.item.clone());
+    strip_helpers(&mut item);
+    if let Item::Struct(s) = &mut item {
+        for (f, model) in s.fields.iter_mut().zip(&input.fields) {
+            let Some(role) = model.role.as_ref().filter(|r| r.role == Role::Adapt) else {
+                continue;
+            };
+            let span = f.ty.span();
+            let wrapper = match role.layer {
+                Some(Layer::Embedding) => quote_spanned!(span=> #p::AdaptedEmbedding),
+                _ => quote_spanned!(span=> #p::AdaptedLinear),
+            };
+            f.ty = Type::Verbatim(wrapper);
+        }
+    }
+    item.into_token_stream()
+}
+
+/// The runtime's `AdapterConfig` for an adapted field (field overrides win over the container).
+fn config(input: &Input, f: &Field, p: &TokenStream) -> TokenStream {
+    let a = &input.attr;
+    let args = f.role.as_ref().map(|r| &r.args);
+    let rank = args
+        .and_then(|x| x.rank.as_ref())
+        .or(a.rank.as_ref())
+        .map_or(1, |r| r.value);
+    let alpha = args
+        .and_then(|x| x.alpha.as_ref())
+        .or(a.alpha.as_ref())
+        .map_or(1.0, |r| r.value);
+    let ctor = match a.method.as_ref().map(|m| m.value) {
+        Some(Method::Dora) => quote!(dora),
+        _ => quote!(lora),
+    };
+    let rank = proc_macro2::Literal::usize_suffixed(rank);
+    let alpha = f64_lit(alpha);
+    let mut c = quote!(#p::AdapterConfig::#ctor(#rank, #alpha));
+    if let Some(d) = &a.dropout {
+        let d = f64_lit(d.value);
+        c = quote!(#p::AdapterConfig::with_dropout(#c, #d));
+    }
+    if let Some(r) = &a.rslora {
+        let r = r.value;
+        c = quote!(#p::AdapterConfig::with_rslora(#c, #r));
+    }
+    if let Some(i) = &a.init {
+        let i = match i.value {
+            Init::Kaiming => quote!(Kaiming),
+            Init::Gaussian => quote!(Gaussian),
+        };
+        c = quote!(#p::AdapterConfig::with_init(#c, #p::Init::#i));
+    }
+    c
+}
+
+/// An `f64` literal (validation guarantees finiteness; NaN is a fallback that never panics).
+pub fn f64_lit(v: f64) -> TokenStream {
+    if v.is_finite() {
+        proc_macro2::Literal::f64_suffixed(v).into_token_stream()
+    } else {
+        quote!(::core::f64::NAN)
+    }
+}
+
+/// `impl AdapterModel`: visits fields in declaration order.
+fn adapter_model(input: &Input, p: &TokenStream) -> TokenStream {
+    let name = &input.item.ident;
+    let (impl_g, ty_g, where_c) = input.item.generics.split_for_impl();
+    let prefix = Ident::new("__prefix", Span::mixed_site());
+    let f = Ident::new("__f", Span::mixed_site());
+    let visit: Vec<_> = input
+        .fields
+        .iter()
+        .filter_map(|field| visit_field(input, field, p, false))
+        .collect();
+    let visit_mut: Vec<_> = input
+        .fields
+        .iter()
+        .filter_map(|field| visit_field(input, field, p, true))
+        .collect();
+    quote! {
+        #[automatically_derived]
+        impl #impl_g #p::AdapterModel for #name #ty_g #where_c {
+            fn visit_layers(
+                &self,
+                #prefix: &::core::primitive::str,
+                #f: &mut #p::Visitor<'_>,
+            ) -> #p::Result<()> {
+                #(#visit)*
+                ::core::result::Result::Ok(())
+            }
+
+            fn visit_layers_mut(
+                &mut self,
+                #prefix: &::core::primitive::str,
+                #f: &mut #p::VisitorMut<'_>,
+            ) -> #p::Result<()> {
+                #(#visit_mut)*
+                ::core::result::Result::Ok(())
+            }
+        }
+    }
+}
+
+/// The visit of one field (`None` for fields without a helper attribute).
+fn visit_field(input: &Input, field: &Field, p: &TokenStream, mutable: bool) -> Option<TokenStream> {
+    let role = field.role.as_ref()?;
+    let ident = field.ident;
+    let name = ident.unraw_string();
+    let prefix = Ident::new("__prefix", Span::mixed_site());
+    let f = Ident::new("__f", Span::mixed_site());
+    let path = Ident::new("__path", Span::mixed_site());
+    let span = field.ty.span();
+    let (r, visit, layer_enum) = if mutable {
+        (quote!(&mut), quote!(visit_layers_mut), quote!(LayerMut))
+    } else {
+        (quote!(&), quote!(visit_layers), quote!(LayerRef))
+    };
+    let head = quote!(let #path = #p::join_path(#prefix, #name););
+    let args = &role.args;
+    let declared = match (&args.din, &args.dout, &args.params) {
+        (Some(i), Some(o), _) => {
+            let (i, o) = (&i.value, &o.value);
+            quote!(#p::Declared::Dims { din: (#i), dout: (#o) })
+        }
+        (_, _, Some(n)) => {
+            let n = &n.value;
+            quote!(#p::Declared::Params(#n))
+        }
+        _ => quote!(#p::Declared::Unknown),
+    };
+    let bias = args.bias.as_ref().is_some_and(|b| b.value);
+    let info = quote!(&#p::FieldInfo { path: &#path, declared: #declared, bias: #bias });
+    Some(match role.role {
+        Role::Adapt => {
+            let config = config(input, field, p);
+            let variant = match role.layer {
+                Some(Layer::Embedding) => quote!(Embedding),
+                _ => quote!(Linear),
+            };
+            quote! {{
+                #head
+                #f(#info, #p::#layer_enum::#variant { layer: #r self.#ident, config: #config })?;
+            }}
+        }
+        Role::Frozen => {
+            let module = quote_spanned!(span=> &self.#ident);
+            quote! {{
+                #head
+                #f(#info, #p::#layer_enum::Frozen { module: #module })?;
+            }}
+        }
+        Role::Nested => {
+            let call = quote_spanned!(span=> #p::AdapterModel::#visit);
+            match role.shape.as_ref()? {
+                Shape::Single(_) => quote! {{
+                    #head
+                    #call(#r self.#ident, &#path, &mut *#f)?;
+                }},
+                Shape::Vec(_) | Shape::Array(..) => {
+                    let check = args.count.as_ref().map(|c| {
+                        let c = &c.value;
+                        quote!(#p::check_count(&#path, (#c), <[_]>::len(&self.#ident))?;)
+                    });
+                    let (i, item, item_path) = (
+                        Ident::new("__i", Span::mixed_site()),
+                        Ident::new("__item", Span::mixed_site()),
+                        Ident::new("__item_path", Span::mixed_site()),
+                    );
+                    quote! {{
+                        #head
+                        #check
+                        for (#i, #item) in ::core::iter::Iterator::enumerate(
+                            ::core::iter::IntoIterator::into_iter(#r self.#ident),
+                        ) {
+                            let #item_path = #p::join_path(
+                                &#path,
+                                &::std::string::ToString::to_string(&#i),
+                            );
+                            #call(#item, &#item_path, &mut *#f)?;
+                        }
+                    }}
+                }
+            }
+        }
+    })
+}
+
+/// `ident.to_string()` without a leading `r#`.
+trait UnrawString {
+    fn unraw_string(&self) -> String;
+}
+
+impl UnrawString for Ident {
+    fn unraw_string(&self) -> String {
+        syn::ext::IdentExt::unraw(self).to_string()
+    }
+}

@@ -1,0 +1,160 @@
+//! `adapters`: inspect PEFT adapters, merge them into base checkpoints, estimate training memory.
+
+use adapters_runtime::estimate::{BaseDType, Method};
+use adapters_runtime::peft::{
+    estimate_training, inspect_adapter, merge_checkpoint, EstimateRequest, LlamaConfig,
+    MergeOptions,
+};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// DoRA / LoRA adapters in HuggingFace PEFT format.
+#[derive(Debug, Parser)]
+#[command(name = "adapters", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Lists the adapted modules of a PEFT adapter folder (path, LoRA/DoRA, r, alpha, scaling,
+    /// shapes, parameters, bytes) and the totals.
+    Inspect {
+        /// The adapter folder (adapter_config.json + adapter_model.safetensors).
+        dir: PathBuf,
+    },
+    /// Merges a PEFT adapter into a base checkpoint and writes the merged checkpoint.
+    Merge {
+        /// The base: a .safetensors file or an HF model folder (single file or sharded).
+        #[arg(long)]
+        base: PathBuf,
+        /// The PEFT adapter folder.
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Where to write: a .safetensors file for a file base, a folder for a folder base.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace `--out` if it exists.
+        #[arg(long)]
+        force: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Estimates the training memory of adapting an HF (Llama-family) model.
+    Estimate {
+        /// The model's config.json.
+        #[arg(long)]
+        config: PathBuf,
+        /// LoRA or DoRA.
+        #[arg(long, value_enum)]
+        method: MethodArg,
+        /// Adapter rank.
+        #[arg(long)]
+        rank: usize,
+        /// Adapted modules, comma-separated (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,
+        /// down_proj,embed_tokens,lm_head, or all-linear).
+        #[arg(long, value_delimiter = ',', required = true)]
+        targets: Vec<String>,
+        /// Dtype of the frozen base weights and activations.
+        #[arg(long, value_enum, default_value = "bf16")]
+        dtype: DTypeArg,
+        /// Tokens per batch (batch size × sequence length); 0 leaves activations out.
+        #[arg(long, default_value_t = 0)]
+        batch_tokens: usize,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum MethodArg {
+    Lora,
+    Dora,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DTypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+fn run(cli: Cli) -> adapters_runtime::Result<()> {
+    match cli.command {
+        Command::Inspect { dir } => print!("{}", inspect_adapter(&dir)?),
+        Command::Merge {
+            base,
+            adapter,
+            out,
+            force,
+            quiet,
+        } => {
+            let options = MergeOptions {
+                overwrite: force,
+                progress: !quiet && std::io::stderr().is_terminal(),
+            };
+            let r = merge_checkpoint(&base, &adapter, &out, &options)?;
+            println!(
+                "merged {} weight(s), passed {} tensor(s) through, wrote {} weights file(s) to {}",
+                r.merged.len(),
+                r.passed_through,
+                r.files,
+                r.output.display()
+            );
+            if !r.copied.is_empty() {
+                println!("copied: {}", r.copied.join(", "));
+            }
+            if !r.skipped.is_empty() {
+                println!(
+                    "not copied (other weight formats or folders): {}",
+                    r.skipped.join(", ")
+                );
+            }
+        }
+        Command::Estimate {
+            config,
+            method,
+            rank,
+            targets,
+            dtype,
+            batch_tokens,
+        } => {
+            let cfg = LlamaConfig::read(&config)?;
+            let request = EstimateRequest {
+                method: match method {
+                    MethodArg::Lora => Method::Lora,
+                    MethodArg::Dora => Method::Dora,
+                },
+                rank,
+                targets,
+                dtype: match dtype {
+                    DTypeArg::F32 => BaseDType::F32,
+                    DTypeArg::Bf16 => BaseDType::BF16,
+                    DTypeArg::F16 => BaseDType::F16,
+                },
+                batch_tokens,
+            };
+            print!("{}", estimate_training(&cfg, &request)?);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                if !e.to_string().contains(&s.to_string()) {
+                    eprintln!("  caused by: {s}");
+                }
+                source = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The Llama decoder (GQA, RoPE, RMSNorm, SwiGLU, tied or untied embeddings), annotated with
+//! `#[adapter]`: every projection and the embedding are adaptable; norms and an untied `lm_head`
+//! are frozen and counted. Dimensions come from `config.json` at run time, so the counts are the
+//! runtime ones (see `examples/finetune` for compile-time constants of a fixed-size model).
+
+use super::config::LlamaConfig;
+use super::norm::RmsNorm;
+use super::rope::Rope;
+use crate::adapter;
+use crate::candle_nn::{Embedding, Linear};
+use crate::layers::{AdaptedEmbedding, AdaptedLinear};
+use crate::model::FrozenModule;
+use crate::ops::frozen_matmul;
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::VarBuilder;
+use std::sync::Arc;
+
+/// Whether the base weights are loaded frozen (fine-tuning) or as trainable variables (pretraining).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BaseMode {
+    /// Frozen: no gradient is ever formed for a base weight.
+    Frozen,
+    /// Trainable: base weights carry gradients (full training from a `VarMap`-backed builder).
+    Trainable,
+}
+
+fn linear(din: usize, dout: usize, bias: bool, vb: VarBuilder, mode: BaseMode) -> candle_core::Result<AdaptedLinear> {
+    let path = vb.prefix();
+    let w = vb.get((dout, din), "weight")?;
+    let b = if bias { Some(vb.get(dout, "bias")?) } else { None };
+    let layer = match mode {
+        BaseMode::Frozen => AdaptedLinear::new(w, b),
+        BaseMode::Trainable => AdaptedLinear::new_trainable(w, b),
+    };
+    Ok(layer.with_path(path))
+}
+
+/// Self-attention with grouped key / value heads.
+#[adapter(dora, rank = 8, alpha = 16.0, crate = crate)]
+pub struct Attention {
+    #[adapt]
+    q_proj: Linear,
+    #[adapt]
+    k_proj: Linear,
+    #[adapt]
+    v_proj: Linear,
+    #[adapt]
+    o_proj: Linear,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    rope: Arc<Rope>,
+}
+
+impl Attention {
+    fn load(cfg: &LlamaConfig, vb: VarBuilder, rope: Arc<Rope>, mode: BaseMode) -> candle_core::Result<Self> {
+        let (h, hd, nh, nkv) = (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.kv_heads());
+        let b = cfg.attention_bias;
+        Ok(Self {
+            q_proj: linear(h, nh * hd, b, vb.pp("q_proj"), mode)?,
+            k_proj: linear(h, nkv * hd, b, vb.pp("k_proj"), mode)?,
+            v_proj: linear(h, nkv * hd, b, vb.pp("v_proj"), mode)?,
+            o_proj: linear(nh * hd, h, b, vb.pp("o_proj"), mode)?,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            rope,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous();
+        let q = self.rope.apply(&heads(self.q_proj.forward(x)?, self.n_heads)?)?;
+        let k = self.rope.apply(&heads(self.k_proj.forward(x)?, self.n_kv_heads)?)?;
+        let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
+        let rep = self.n_heads / self.n_kv_heads;
+        let k = repeat_kv(k, rep)?;
+        let v = repeat_kv(v, rep)?;
+        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
+        let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
+        let probs = softmax_last(&scores)?.to_dtype(v.dtype())?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.n_heads * self.head_dim))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+/// `[b, n_kv, t, d]` → `[b, n_kv·rep, t, d]`, each key/value head repeated `rep` times.
+fn repeat_kv(x: Tensor, rep: usize) -> candle_core::Result<Tensor> {
+    if rep == 1 {
+        return Ok(x);
+    }
+    let (b, n, t, d) = x.dims4()?;
+    x.unsqueeze(2)?.broadcast_as((b, n, rep, t, d))?.reshape((b, n * rep, t, d))
+}
+
+/// Softmax over the last axis from differentiable ops (`softmax_last_dim` records no gradient).
+pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// The SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))`.
+#[adapter(dora, rank = 8, alpha = 16.0, crate = crate)]
+pub struct Mlp {
+    #[adapt]
+    gate_proj: Linear,
+    #[adapt]
+    up_proj: Linear,
+    #[adapt]
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn load(cfg: &LlamaConfig, vb: VarBuilder, mode: BaseMode) -> candle_core::Result<Self> {
+        let (h, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        Ok(Self {
+            gate_proj: linear(h, i, b, vb.pp("gate_proj"), mode)?,
+            up_proj: linear(h, i, b, vb.pp("up_proj"), mode)?,
+            down_proj: linear(i, h, b, vb.pp("down_proj"), mode)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let gate = self.gate_proj.forward(x)?.silu()?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
+
+/// One decoder layer (pre-norm attention and MLP with residuals).
+#[adapter(dora, rank = 8, alpha = 16.0, crate = crate)]
+pub struct Block {
+    #[frozen]
+    input_layernorm: RmsNorm,
+    #[nested]
+    self_attn: Attention,
+    #[frozen]
+    post_attention_layernorm: RmsNorm,
+    #[nested]
+    mlp: Mlp,
+}
+
+impl Block {
+    fn load(cfg: &LlamaConfig, vb: VarBuilder, rope: Arc<Rope>, mode: BaseMode) -> candle_core::Result<Self> {
+        let norm = |name: &str| -> candle_core::Result<RmsNorm> {
+            Ok(RmsNorm::new(vb.pp(name).get(cfg.hidden_size, "weight")?, cfg.rms_norm_eps))
+        };
+        Ok(Self {
+            input_layernorm: norm("input_layernorm")?,
+            self_attn: Attention::load(cfg, vb.pp("self_attn"), rope, mode)?,
+            post_attention_layernorm: norm("post_attention_layernorm")?,
+            mlp: Mlp::load(cfg, vb.pp("mlp"), mode)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, mask)?)?;
+        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?
+    }
+}
+
+/// The output projection: its own weight, or the embedding table when tied.
+#[derive(Debug)]
+pub enum LmHead {
+    /// `lm_head.weight`.
+    Untied(Tensor),
+    /// Shares `model.embed_tokens.weight` (counted once, with the embedding).
+    Tied,
+}
+
+impl FrozenModule for LmHead {
+    fn frozen_params(&self) -> usize {
+        match self {
+            LmHead::Untied(w) => w.elem_count(),
+            LmHead::Tied => 0,
+        }
+    }
+}
+
+/// `LlamaForCausalLM`: token ids `[batch, seq]` → logits `[batch, seq, vocab]`.
+#[adapter(dora, rank = 8, alpha = 16.0, crate = crate)]
+pub struct Llama {
+    #[adapt]
+    embed_tokens: Embedding,
+    #[nested]
+    layers: Vec<Block>,
+    #[frozen]
+    norm: RmsNorm,
+    #[frozen]
+    lm_head: LmHead,
+    config: LlamaConfig,
+}
+
+impl Llama {
+    /// Loads `model.*` / `lm_head.*` weights in HF's layout from `vb` (its dtype is the base
+    /// dtype). Layers remember their checkpoint paths, so adapters get PEFT's key names.
+    pub fn load(cfg: &LlamaConfig, vb: VarBuilder, mode: BaseMode) -> candle_core::Result<Self> {
+        cfg.validate().map_err(|(f, e, a)| candle_core::Error::Msg(format!("config: `{f}` is {a}, expected {e}")))?;
+        let rope = Arc::new(Rope::new(cfg.head_dim(), cfg.max_position_embeddings, &cfg.rope(), vb.dtype(), vb.device())?);
+        let m = vb.pp("model");
+        let table = m.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let embed_tokens = match mode {
+            BaseMode::Frozen => AdaptedEmbedding::new(table),
+            BaseMode::Trainable => AdaptedEmbedding::new_trainable(table),
+        }
+        .with_path("model.embed_tokens");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Block::load(cfg, m.pp("layers").pp(i), rope.clone(), mode))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(m.pp("norm").get(cfg.hidden_size, "weight")?, cfg.rms_norm_eps);
+        let lm_head = if cfg.tie_word_embeddings {
+            LmHead::Tied
+        } else {
+            LmHead::Untied(vb.pp("lm_head").get((cfg.vocab_size, cfg.hidden_size), "weight")?)
+        };
+        Ok(Self { embed_tokens, layers, norm, lm_head, config: cfg.clone() })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The base dtype.
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.embeddings().dtype()
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.embeddings().device()
+    }
+
+    /// Logits `[batch, seq, vocab]` for `ids [batch, seq]` (causal attention).
+    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        let mask = causal_mask(t, self.device())?;
+        let mut h = self.embed_tokens.forward(ids)?;
+        for layer in &self.layers {
+            h = layer.forward(&h, &mask)?;
+        }
+        let h = self.norm.forward(&h)?;
+        match &self.lm_head {
+            LmHead::Untied(w) => frozen_matmul(&h, w),
+            LmHead::Tied => {
+                let table = self.embed_tokens.embeddings();
+                if table.track_op() {
+                    h.broadcast_matmul(&table.t()?)
+                } else {
+                    frozen_matmul(&h, table)
+                }
+            }
+        }
+    }
+
+    /// Every base tensor under its HF name (merged weights while adapters are merged) — what a
+    /// checkpoint of this model holds. With `merged`, adapted weights are exported merged without
+    /// changing the model.
+    pub fn base_tensors(&self, merged: bool) -> crate::Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        let emb = if merged { self.embed_tokens.merged_weight_tensor()? } else { self.embed_tokens.embeddings().clone() };
+        out.push(("model.embed_tokens.weight".to_string(), emb));
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.weight().clone()));
+            out.push((format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm.weight().clone()));
+            let a = &l.self_attn;
+            let m = &l.mlp;
+            for (name, lin) in [
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.o_proj", &a.o_proj),
+                ("mlp.gate_proj", &m.gate_proj),
+                ("mlp.up_proj", &m.up_proj),
+                ("mlp.down_proj", &m.down_proj),
+            ] {
+                let w = if merged { lin.merged_weight_tensor()? } else { lin.weight().clone() };
+                out.push((format!("{p}.{name}.weight"), w));
+                if let Some(b) = lin.bias() {
+                    out.push((format!("{p}.{name}.bias"), b.clone()));
+                }
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.weight().clone()));
+        if let LmHead::Untied(w) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), w.clone()));
+        }
+        Ok(out)
+    }
+}
+
+/// `[t, t]` additive mask: 0 on and below the diagonal, −∞ above.
+fn causal_mask(t: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let v: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(v, (t, t), device)
+}

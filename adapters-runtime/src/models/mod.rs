@@ -1,0 +1,3 @@
+//! Models written with candle and annotated with `#[adapter]`.
+
+pub mod llama;

@@ -1,0 +1,224 @@
+//! `estimate_training`: the training-memory breakdown of adapting an HF model, from the same
+//! `const fn`s ([`crate::estimate`]) as the `#[adapter]` macro's constants.
+
+use crate::error::{AdapterError, Result};
+use crate::estimate::{self as est, human_bytes, BaseDType, Method};
+use crate::peft::hf_config::{LlamaConfig, ModuleDims, LAYER_PROJECTIONS};
+use crate::peft::table::{thousands, Table};
+use std::fmt;
+
+/// What to estimate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EstimateRequest {
+    /// LoRA or DoRA.
+    pub method: Method,
+    /// Adapter rank.
+    pub rank: usize,
+    /// Adapted modules by name (`q_proj`, …, `embed_tokens`, `lm_head`, or `all-linear`).
+    pub targets: Vec<String>,
+    /// Dtype of the frozen base weights and activations.
+    pub dtype: BaseDType,
+    /// Tokens per batch (batch size × sequence length) for the activations; 0 leaves them out.
+    pub batch_tokens: usize,
+}
+
+/// The estimate, part by part (bytes), as [`est::vram_bytes`] sums it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrainingEstimate {
+    /// The request.
+    pub request: EstimateRequest,
+    /// The adapted module names (after expanding `all-linear`).
+    pub targets: Vec<&'static str>,
+    /// Adapted layers in the model.
+    pub adapted_layers: usize,
+    /// Frozen base parameters.
+    pub frozen_params: usize,
+    /// Trainable adapter parameters.
+    pub trainable_params: usize,
+    /// Frozen weights in the base dtype.
+    pub base_bytes: usize,
+    /// Adapter weights (f32).
+    pub adapter_bytes: usize,
+    /// Adapter gradients (f32).
+    pub gradient_bytes: usize,
+    /// AdamW state (two f32 moments).
+    pub optimizer_bytes: usize,
+    /// Activations kept for the backward pass, per token.
+    pub activation_bytes_per_token: usize,
+    /// Activations for `batch_tokens` tokens.
+    pub activation_bytes: usize,
+    /// The total ([`est::vram_bytes`]).
+    pub total_bytes: usize,
+}
+
+/// Resolves target names against the model's modules (`all-linear`: the seven projections).
+fn resolve_targets(modules: &[ModuleDims], targets: &[String]) -> Result<Vec<&'static str>> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for t in targets.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+        let names: Vec<&'static str> = if t == "all-linear" {
+            LAYER_PROJECTIONS.to_vec()
+        } else {
+            match modules.iter().find(|m| m.name == t) {
+                Some(m) => vec![m.name],
+                None => {
+                    let known: Vec<&str> = modules.iter().map(|m| m.name).collect();
+                    return Err(AdapterError::InvalidArgument {
+                        name: "targets".into(),
+                        expected: format!("module names among {} or all-linear", known.join(", ")),
+                        actual: format!("{t:?}"),
+                    });
+                }
+            }
+        };
+        for n in names {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(AdapterError::InvalidArgument {
+            name: "targets".into(),
+            expected: "at least one module name".into(),
+            actual: "none".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// Estimates the training memory of adapting `config`'s model as `request` says.
+pub fn estimate_training(
+    config: &LlamaConfig,
+    request: &EstimateRequest,
+) -> Result<TrainingEstimate> {
+    if request.rank == 0 {
+        return Err(AdapterError::InvalidRank {
+            layer: "--rank".into(),
+            rank: 0,
+        });
+    }
+    let (m, r, dt) = (request.method, request.rank, request.dtype);
+    let modules = config.modules();
+    let targets = resolve_targets(&modules, &request.targets)?;
+    let mut frozen = config.norm_params();
+    let (mut trainable, mut act, mut adapted_layers) = (0, 0, 0);
+    for d in &modules {
+        let adapted = targets.contains(&d.name);
+        if !d.tied {
+            frozen += d.count
+                * if d.embedding {
+                    est::embedding_params(d.din, d.dout)
+                } else {
+                    est::linear_params(d.din, d.dout, d.bias)
+                };
+        }
+        act += d.count
+            * match (adapted, d.embedding) {
+                (true, true) => est::activation_bytes_adapted_embedding(m, d.dout, r, dt),
+                (true, false) => est::activation_bytes_adapted_linear(m, d.din, d.dout, r, dt),
+                (false, true) => 0,
+                (false, false) => est::activation_bytes_frozen_linear(d.din, dt),
+            };
+        if adapted {
+            trainable += d.count * est::adapter_params(m, d.din, d.dout, r);
+            adapted_layers += d.count;
+        }
+    }
+    let activation_bytes = request.batch_tokens * act;
+    Ok(TrainingEstimate {
+        request: request.clone(),
+        targets,
+        adapted_layers,
+        frozen_params: frozen,
+        trainable_params: trainable,
+        base_bytes: est::base_bytes(frozen, dt),
+        adapter_bytes: est::adapter_bytes(trainable),
+        gradient_bytes: trainable * est::GRAD_BYTES,
+        optimizer_bytes: trainable * est::ADAMW_STATE_BYTES,
+        activation_bytes_per_token: act,
+        activation_bytes,
+        total_bytes: est::vram_bytes(frozen, dt, trainable, activation_bytes),
+    })
+}
+
+fn dtype_name(d: BaseDType) -> &'static str {
+    match d {
+        BaseDType::F32 => "f32",
+        BaseDType::BF16 => "bf16",
+        BaseDType::F16 => "f16",
+    }
+}
+
+impl fmt::Display for TrainingEstimate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let q = &self.request;
+        writeln!(
+            f,
+            "{} r={} on {} ({} adapted layers), base {}, {} tokens per batch\n",
+            q.method.name(),
+            q.rank,
+            self.targets.join(","),
+            self.adapted_layers,
+            dtype_name(q.dtype),
+            thousands(q.batch_tokens),
+        )?;
+        let mut t = Table::new(
+            &["part", "elements", "bytes", "how"],
+            &[false, true, true, false],
+        );
+        let tp = thousands(self.trainable_params);
+        let rows = [
+            (
+                "base weights",
+                thousands(self.frozen_params),
+                self.base_bytes,
+                format!("frozen × {} B", q.dtype.size_in_bytes()),
+            ),
+            (
+                "adapter weights",
+                tp.clone(),
+                self.adapter_bytes,
+                format!("trainable × {} B (f32)", est::ADAPTER_PARAM_BYTES),
+            ),
+            (
+                "gradients",
+                tp.clone(),
+                self.gradient_bytes,
+                format!("trainable × {} B (f32)", est::GRAD_BYTES),
+            ),
+            (
+                "optimizer state",
+                tp,
+                self.optimizer_bytes,
+                format!("trainable × {} B (AdamW, 2 × f32)", est::ADAMW_STATE_BYTES),
+            ),
+            (
+                "activations",
+                thousands(q.batch_tokens),
+                self.activation_bytes,
+                format!(
+                    "tokens × {} per token",
+                    human_bytes(self.activation_bytes_per_token)
+                ),
+            ),
+        ];
+        for (part, n, bytes, how) in rows {
+            t.row(vec![part.into(), n, human_bytes(bytes), how]);
+        }
+        t.rule();
+        t.row(vec![
+            "total".into(),
+            String::new(),
+            human_bytes(self.total_bytes),
+            format!("{} B", thousands(self.total_bytes)),
+        ]);
+        write!(f, "{t}")?;
+        if q.batch_tokens == 0 {
+            writeln!(
+                f,
+                "\nactivations not counted: pass --batch-tokens N (batch size × sequence length)"
+            )?;
+        }
+        Ok(())
+    }
+}

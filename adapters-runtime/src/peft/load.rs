@@ -1,0 +1,269 @@
+//! `load_adapter`: a PEFT adapter folder onto a model's bare adapted layers.
+
+use crate::config::AdapterConfig;
+use crate::error::{AdapterError, KeyIssue, Result};
+use crate::model::{Adapters, LayerMut, LayerRef};
+use crate::peft::checkpoint::{AdapterCheckpoint, ModuleAdapter};
+use crate::peft::keys::{Kind, Role};
+use candle_core::Var;
+use candle_nn::VarMap;
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+
+/// How [`load_adapter`] matches the checkpoint to the model.
+#[derive(Clone, Copy)]
+pub struct LoadOptions<'a> {
+    /// Strict (the default): every tensor of the file must find an adapted layer, every layer that
+    /// `target_modules` names must have its tensors, and each layer's rank, alpha, method and
+    /// rsLoRA must equal what the model declares. Lenient: unmatched tensors and layers are only
+    /// reported, and the file's configuration wins. Shapes are always checked.
+    pub strict: bool,
+    /// Registers the loaded tensors here (as `attach_adapters` does) so training can resume.
+    pub varmap: Option<&'a VarMap>,
+}
+
+impl std::fmt::Debug for LoadOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("strict", &self.strict)
+            .field("varmap", &self.varmap.map(|_| "VarMap"))
+            .finish()
+    }
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        LoadOptions {
+            strict: true,
+            varmap: None,
+        }
+    }
+}
+
+/// What [`load_adapter`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Layers that got an adapter, in visiting order.
+    pub loaded: Vec<String>,
+    /// Modules of the file with no adapted layer in the model (lenient mode only).
+    pub unexpected: Vec<String>,
+    /// Layers that `target_modules` names but the file lacks (lenient mode only).
+    pub missing: Vec<String>,
+}
+
+/// A model layer as seen by the checking pass.
+struct Slot {
+    path: String,
+    kind: Kind,
+    /// `[out, in]` (linear) or `[vocab, dim]` (embedding).
+    shape: [usize; 2],
+    declared: AdapterConfig,
+    attached: bool,
+}
+
+/// Loads the PEFT adapter in `dir` onto `model`, whose adapted layers must be bare: each layer
+/// gets `attach_weights` with the configuration of `adapter_config.json` (`r`, `lora_alpha`,
+/// `rank_pattern`, `alpha_pattern`, `use_dora`, `use_rslora`, `lora_dropout`). Every problem is
+/// reported at once, each key with expected vs found, before any layer changes.
+pub fn load_adapter<M: Adapters + ?Sized>(
+    model: &mut M,
+    dir: impl AsRef<Path>,
+    options: &LoadOptions<'_>,
+) -> Result<LoadReport> {
+    let dir = dir.as_ref();
+    let ckpt = AdapterCheckpoint::read(dir)?;
+    let slots = slots(model)?;
+    let mut issues = Vec::new();
+    let mut report = LoadReport::default();
+    let mut used = HashSet::new();
+    for s in &slots {
+        match ckpt.module(&s.path) {
+            Some(ad) => {
+                used.insert(s.path.as_str());
+                check_slot(s, ad, options.strict, &mut issues);
+            }
+            None if ckpt.config.targets(&s.path) == Some(true) => {
+                if options.strict {
+                    let key = crate::peft::keys::key(&s.path, Role::A, s.kind);
+                    issues.push(KeyIssue::new(
+                        key,
+                        "present (target_modules names this layer)",
+                        "missing",
+                    ));
+                } else {
+                    report.missing.push(s.path.clone());
+                }
+            }
+            None => {}
+        }
+    }
+    for m in ckpt
+        .modules
+        .iter()
+        .filter(|m| !used.contains(m.module.as_str()))
+    {
+        if options.strict {
+            issues.push(KeyIssue::new(
+                m.key(Role::A),
+                "a tensor of an adapted layer of the model",
+                format!("no adapted layer `{}` in the model", m.module),
+            ));
+        } else {
+            report.unexpected.push(m.module.clone());
+        }
+    }
+    if !issues.is_empty() {
+        return Err(AdapterError::Keys {
+            context: format!("loading adapter `{}`", dir.display()),
+            issues,
+        });
+    }
+    attach_all(model, &ckpt, options, &mut report)?;
+    Ok(report)
+}
+
+/// The model's adapted layers (linear and embedding), with their paths and shapes.
+fn slots<M: Adapters + ?Sized>(model: &M) -> Result<Vec<Slot>> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    model.visit_layers("", &mut |info, layer| {
+        let slot = match layer {
+            LayerRef::Linear { layer, config } => Slot {
+                path: layer.path().unwrap_or(info.path).to_string(),
+                kind: Kind::Linear,
+                shape: [layer.out_features(), layer.in_features()],
+                declared: config,
+                attached: layer.adapter().is_some(),
+            },
+            LayerRef::Embedding { layer, config } => Slot {
+                path: layer.path().unwrap_or(info.path).to_string(),
+                kind: Kind::Embedding,
+                shape: [layer.vocab_size(), layer.hidden_size()],
+                declared: config,
+                attached: layer.adapter().is_some(),
+            },
+            LayerRef::Frozen { .. } => return Ok(()),
+        };
+        if !seen.insert(slot.path.clone()) {
+            return Err(AdapterError::DuplicatePath { path: slot.path });
+        }
+        out.push(slot);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Checks one layer against its tensors: kind, shapes, bare state and (strict) configuration.
+fn check_slot(s: &Slot, ad: &ModuleAdapter, strict: bool, issues: &mut Vec<KeyIssue>) {
+    let key = ad.key(Role::A);
+    if ad.kind != s.kind {
+        let want = match s.kind {
+            Kind::Linear => "lora_A.weight / lora_B.weight (the model's layer is linear)",
+            Kind::Embedding => {
+                "lora_embedding_A / lora_embedding_B (the model's layer is an embedding)"
+            }
+        };
+        issues.push(KeyIssue::new(key, want, "the other layer kind's names"));
+        return;
+    }
+    if s.attached {
+        issues.push(KeyIssue::new(
+            key,
+            "a bare layer to load into",
+            format!("`{}` already has an adapter", s.path),
+        ));
+    }
+    let r = ad.config.rank;
+    let (din, dout) = match s.kind {
+        Kind::Linear => (s.shape[1], s.shape[0]),
+        Kind::Embedding => (s.shape[0], s.shape[1]),
+    };
+    let mut shape = |role: Role, t: &candle_core::Tensor, want: Vec<usize>| {
+        if t.dims() != want.as_slice() {
+            issues.push(KeyIssue::new(
+                ad.key(role),
+                format!("shape {want:?}"),
+                format!("shape {:?}", t.dims()),
+            ));
+        }
+    };
+    shape(Role::A, &ad.a, vec![r, din]);
+    shape(Role::B, &ad.b, vec![dout, r]);
+    if let Some(m) = &ad.magnitude {
+        shape(Role::Magnitude, m, vec![dout]);
+    }
+    if strict {
+        let (d, f) = (s.declared, ad.config);
+        let mut differ = |what: &str, want: String, got: String| {
+            issues.push(KeyIssue::new(
+                ad.key(Role::A),
+                format!("{what} {want} (as the model declares for `{}`)", s.path),
+                format!("{what} {got} (adapter_config.json)"),
+            ));
+        };
+        if d.method != f.method {
+            differ("method", d.method.name().into(), f.method.name().into());
+        }
+        if d.rank != f.rank {
+            differ("rank", d.rank.to_string(), f.rank.to_string());
+        }
+        if d.alpha != f.alpha {
+            differ("lora_alpha", d.alpha.to_string(), f.alpha.to_string());
+        }
+        if d.rslora != f.rslora {
+            differ("use_rslora", d.rslora.to_string(), f.rslora.to_string());
+        }
+    }
+}
+
+/// Attaches every matched module and registers its tensors.
+fn attach_all<M: Adapters + ?Sized>(
+    model: &mut M,
+    ckpt: &AdapterCheckpoint,
+    options: &LoadOptions<'_>,
+    report: &mut LoadReport,
+) -> Result<()> {
+    model.visit_layers_mut("", &mut |info, layer| {
+        let (path, named) = match layer {
+            LayerMut::Linear { layer, .. } => {
+                let path = layer.path().unwrap_or(info.path).to_string();
+                let Some(ad) = ckpt.module(&path) else {
+                    return Ok(());
+                };
+                layer.set_path(path.clone());
+                layer.attach_weights(ad.config, &ad.a, &ad.b, ad.magnitude.as_ref())?;
+                (path, layer.named_vars())
+            }
+            LayerMut::Embedding { layer, .. } => {
+                let path = layer.path().unwrap_or(info.path).to_string();
+                let Some(ad) = ckpt.module(&path) else {
+                    return Ok(());
+                };
+                layer.set_path(path.clone());
+                layer.attach_weights(ad.config, &ad.a, &ad.b, ad.magnitude.as_ref())?;
+                (path, layer.named_vars())
+            }
+            LayerMut::Frozen { .. } => return Ok(()),
+        };
+        if let Some(vm) = options.varmap {
+            register(vm, &path, named)?;
+        }
+        report.loaded.push(path);
+        Ok(())
+    })
+}
+
+fn register(varmap: &VarMap, path: &str, vars: Vec<(String, Var)>) -> Result<()> {
+    let mut data = varmap
+        .data()
+        .lock()
+        .map_err(|_| AdapterError::InvalidState {
+            layer: path.into(),
+            op: "register",
+            reason: "the VarMap's lock is poisoned".into(),
+        })?;
+    for (k, v) in vars {
+        data.insert(format!("{path}.{k}"), v);
+    }
+    Ok(())
+}

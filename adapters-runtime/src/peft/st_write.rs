@@ -1,0 +1,174 @@
+//! Writing safetensors files tensor by tensor: pass-through views of a mapped input, owned bytes,
+//! or bytes computed only when the writer reaches the tensor (so a merge holds one tensor at a
+//! time). Files are written by `safetensors::serialize_to_file` (temp file + rename).
+
+use crate::error::{AdapterError, Result};
+use candle_core::{DType, Device, Tensor};
+use indicatif::ProgressBar;
+use safetensors::tensor::{Dtype, TensorView, View};
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Computes a tensor's bytes when the writer needs them.
+pub type MakeBytes<'a> = Box<dyn Fn() -> Result<Vec<u8>> + 'a>;
+
+/// Where a written tensor's bytes come from.
+pub enum Source<'a> {
+    /// A view of a mapped input file, written unchanged.
+    View(TensorView<'a>),
+    /// Bytes already in memory.
+    Owned(Vec<u8>),
+    /// Bytes computed on demand; a failure is recorded in the file's [`Failure`] slot.
+    Lazy(MakeBytes<'a>),
+}
+
+/// The first error raised while computing lazy tensors (the writer's `View` cannot return one).
+pub type Failure = RefCell<Option<AdapterError>>;
+
+/// One tensor to write.
+pub struct Entry<'a> {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    len: usize,
+    source: Source<'a>,
+    failure: &'a Failure,
+    progress: Option<&'a ProgressBar>,
+}
+
+impl<'a> Entry<'a> {
+    /// A tensor of `dtype` and `shape` from `source`; `failure` collects a lazy source's error;
+    /// `progress` advances by the tensor's bytes once written.
+    pub fn new(
+        dtype: Dtype,
+        shape: Vec<usize>,
+        source: Source<'a>,
+        failure: &'a Failure,
+        progress: Option<&'a ProgressBar>,
+    ) -> Self {
+        let elems: usize = shape.iter().product();
+        let len = elems * dtype.bitsize() / 8;
+        Entry {
+            dtype,
+            shape,
+            len,
+            source,
+            failure,
+            progress,
+        }
+    }
+
+    /// A pass-through view.
+    pub fn view(
+        view: TensorView<'a>,
+        failure: &'a Failure,
+        progress: Option<&'a ProgressBar>,
+    ) -> Self {
+        Self::new(
+            view.dtype(),
+            view.shape().to_vec(),
+            Source::View(view),
+            failure,
+            progress,
+        )
+    }
+
+    fn fail(&self, e: AdapterError) -> Cow<'_, [u8]> {
+        let mut slot = self.failure.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        Cow::Owned(vec![0; self.len])
+    }
+}
+
+impl View for Entry<'_> {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        let bytes = if self.failure.borrow().is_some() {
+            // A tensor already failed: the file will be discarded, skip the work.
+            Cow::Owned(vec![0; self.len])
+        } else {
+            match &self.source {
+                Source::View(v) => Cow::Borrowed(v.data()),
+                Source::Owned(b) => Cow::Borrowed(b.as_slice()),
+                Source::Lazy(make) => match make() {
+                    Ok(b) if b.len() == self.len => Cow::Owned(b),
+                    Ok(b) => self.fail(AdapterError::InvalidState {
+                        layer: format!("{:?} tensor of shape {:?}", self.dtype, self.shape),
+                        op: "write",
+                        reason: format!("computed {} bytes, expected {}", b.len(), self.len),
+                    }),
+                    Err(e) => self.fail(e),
+                },
+            }
+        };
+        if let Some(p) = self.progress {
+            p.inc(self.len as u64);
+        }
+        bytes
+    }
+
+    fn data_len(&self) -> usize {
+        self.len
+    }
+}
+
+/// Writes `entries` to `path` (atomically: a temp file beside it, then rename); fails, leaving
+/// no file, when a lazy tensor failed.
+pub fn write_file(
+    path: &Path,
+    entries: Vec<(String, Entry<'_>)>,
+    metadata: Option<HashMap<String, String>>,
+    failure: &Failure,
+) -> Result<()> {
+    safetensors::serialize_to_file(entries, metadata, path).map_err(|source| match source {
+        safetensors::SafeTensorError::IoError(e) => AdapterError::io("writing", path, e),
+        source => AdapterError::SafeTensors {
+            path: path.into(),
+            source,
+        },
+    })?;
+    if let Some(e) = failure.borrow_mut().take() {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// The little-endian bytes of a tensor (copied to the CPU), and its safetensors dtype.
+pub fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<u8>)> {
+    let flat = t.to_device(&Device::Cpu)?.flatten_all()?;
+    fn le<T: candle_core::WithDType, const N: usize>(
+        t: &Tensor,
+        f: fn(T) -> [u8; N],
+    ) -> Result<Vec<u8>> {
+        Ok(t.to_vec1::<T>()?.into_iter().flat_map(f).collect())
+    }
+    let bytes = match t.dtype() {
+        DType::F64 => le(&flat, f64::to_le_bytes)?,
+        DType::F32 => le(&flat, f32::to_le_bytes)?,
+        DType::BF16 => le(&flat, half::bf16::to_le_bytes)?,
+        DType::F16 => le(&flat, half::f16::to_le_bytes)?,
+        DType::U8 => le(&flat, u8::to_le_bytes)?,
+        DType::U32 => le(&flat, u32::to_le_bytes)?,
+        DType::I64 => le(&flat, i64::to_le_bytes)?,
+        other => {
+            return Err(AdapterError::DTypeMismatch {
+                layer: "<write>".into(),
+                what: "tensor".into(),
+                expected: "f64, f32, bf16, f16, u8, u32 or i64".into(),
+                actual: other,
+            })
+        }
+    };
+    Ok((t.dtype().into(), bytes))
+}

@@ -1,0 +1,248 @@
+//! JSONL training data: one example per line, as `{"text": …}`, `{"prompt": …, "completion": …}`
+//! or `{"messages": [{"role": …, "content": …}, …]}`. Other keys are ignored; blank lines are
+//! skipped. A bad line is an error naming the file and its 1-based line, or, with
+//! [`LoadOptions::skip_bad_lines`], is skipped and reported in [`Dataset::skipped`].
+
+use crate::error::{AdapterError, Result};
+use crate::ops::mix_seed;
+use crate::train::chat::{Message, ROLES};
+use rand::{Rng, SeedableRng};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+
+/// One training example.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Example {
+    /// Plain text; the loss covers all of it.
+    Text(String),
+    /// The loss covers the completion only.
+    PromptCompletion {
+        /// The prompt (context, not trained on).
+        prompt: String,
+        /// The completion (trained on).
+        completion: String,
+    },
+    /// A conversation; the loss covers the assistant messages only.
+    Chat(Vec<Message>),
+}
+
+/// How [`load_jsonl`] treats bad lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Skip (and count) bad lines instead of failing on the first one.
+    pub skip_bad_lines: bool,
+}
+
+/// A line that was skipped, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedLine {
+    /// 1-based line number.
+    pub line: usize,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// The examples of a JSONL file.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    /// The file read.
+    pub path: PathBuf,
+    /// The valid examples, in file order.
+    pub examples: Vec<Example>,
+    /// The 1-based line of each example.
+    pub lines: Vec<usize>,
+    /// Bad lines skipped (empty unless `skip_bad_lines`).
+    pub skipped: Vec<SkippedLine>,
+}
+
+/// Reads a JSONL file of examples (see the module docs for the accepted forms).
+pub fn load_jsonl(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Dataset> {
+    let path = path.as_ref();
+    let bytes =
+        std::fs::read(path).map_err(|e| AdapterError::io("reading training data", path, e))?;
+    parse_jsonl(&bytes, path, options)
+}
+
+/// Parses JSONL content; `path` names the source in errors.
+pub fn parse_jsonl(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<Dataset> {
+    let mut ds = Dataset {
+        path: path.to_path_buf(),
+        examples: Vec::new(),
+        lines: Vec::new(),
+        skipped: Vec::new(),
+    };
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = i + 1;
+        let parsed = std::str::from_utf8(raw)
+            .map_err(|e| format!("not valid UTF-8 ({e})"))
+            .map(|s| s.trim_end_matches('\r'));
+        let parsed = match parsed {
+            Ok(s) if s.trim().is_empty() => continue,
+            Ok(s) => parse_example(s),
+            Err(e) => Err(e),
+        };
+        match parsed {
+            Ok(ex) => {
+                ds.examples.push(ex);
+                ds.lines.push(line);
+            }
+            Err(reason) if options.skip_bad_lines => ds.skipped.push(SkippedLine { line, reason }),
+            Err(reason) => {
+                return Err(AdapterError::DataLine {
+                    path: path.to_path_buf(),
+                    line,
+                    reason,
+                })
+            }
+        }
+    }
+    if ds.examples.is_empty() {
+        return Err(AdapterError::InvalidArgument {
+            name: "training data".into(),
+            expected: "at least one valid example".into(),
+            actual: format!(
+                "none in `{}` ({} bad line(s) skipped)",
+                path.display(),
+                ds.skipped.len()
+            ),
+        });
+    }
+    Ok(ds)
+}
+
+/// Parses one JSONL line; the error says what was expected and what was found.
+pub fn parse_example(line: &str) -> std::result::Result<Example, String> {
+    let value: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let Value::Object(obj) = value else {
+        return Err(format!("expected a JSON object, found {}", kind(&value)));
+    };
+    let has = |k: &str| obj.contains_key(k);
+    let forms: Vec<&str> = [
+        has("text").then_some("`text`"),
+        (has("prompt") || has("completion")).then_some("`prompt`/`completion`"),
+        has("messages").then_some("`messages`"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match forms.as_slice() {
+        [] => Err(format!(
+            "expected a `text`, `prompt`+`completion` or `messages` key, found keys [{}]",
+            obj.keys()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        [_] if has("text") => Ok(Example::Text(non_empty(&obj, "text")?)),
+        [_] if has("messages") => parse_messages(&obj["messages"]).map(Example::Chat),
+        [_] => {
+            let prompt = string(&obj, "prompt")?;
+            let completion = non_empty(&obj, "completion")?;
+            Ok(Example::PromptCompletion { prompt, completion })
+        }
+        _ => Err(format!(
+            "ambiguous example: has both {}",
+            forms.join(" and ")
+        )),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn string(obj: &Map<String, Value>, key: &str) -> std::result::Result<String, String> {
+    match obj.get(key) {
+        None => Err(format!("`{key}` is missing")),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(v) => Err(format!("`{key}` must be a string, found {}", kind(v))),
+    }
+}
+
+fn non_empty(obj: &Map<String, Value>, key: &str) -> std::result::Result<String, String> {
+    let s = string(obj, key)?;
+    if s.is_empty() {
+        return Err(format!("`{key}` is empty: nothing to train on"));
+    }
+    Ok(s)
+}
+
+fn parse_messages(v: &Value) -> std::result::Result<Vec<Message>, String> {
+    let Value::Array(items) = v else {
+        return Err(format!("`messages` must be an array, found {}", kind(v)));
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let Value::Object(m) = item else {
+            return Err(format!(
+                "messages[{i}] must be an object, found {}",
+                kind(item)
+            ));
+        };
+        let role = string(m, "role").map_err(|e| format!("messages[{i}]: {e}"))?;
+        if !ROLES.contains(&role.as_str()) {
+            return Err(format!(
+                "messages[{i}]: `role` is {role:?}, expected one of {}",
+                ROLES.join(", ")
+            ));
+        }
+        let content = string(m, "content").map_err(|e| format!("messages[{i}]: {e}"))?;
+        out.push(Message { role, content });
+    }
+    if !out
+        .iter()
+        .any(|m| m.is_assistant() && !m.content.is_empty())
+    {
+        return Err("`messages` has no non-empty assistant message: nothing to train on".into());
+    }
+    Ok(out)
+}
+
+/// Splits `items` into `(train, eval)`: a seeded random `eval_fraction` of them goes to eval (at
+/// least one item each when there are two or more items and the fraction is > 0; a single item
+/// stays in train); both keep their original order.
+pub fn split_train_eval<T>(items: Vec<T>, eval_fraction: f64, seed: u64) -> (Vec<T>, Vec<T>) {
+    let n = items.len();
+    let fraction = if eval_fraction.is_finite() {
+        eval_fraction.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let k = match n {
+        0 | 1 => 0,
+        _ if fraction > 0.0 => ((n as f64 * fraction).round() as usize).clamp(1, n - 1),
+        _ => 0,
+    };
+    let order = permutation(n, mix_seed(seed, 0x5EED_E7A1));
+    let mut is_eval = vec![false; n];
+    for &i in &order[..k] {
+        is_eval[i] = true;
+    }
+    let (mut train, mut eval) = (Vec::with_capacity(n - k), Vec::with_capacity(k));
+    for (item, e) in items.into_iter().zip(is_eval) {
+        if e {
+            eval.push(item)
+        } else {
+            train.push(item)
+        }
+    }
+    (train, eval)
+}
+
+/// A seeded Fisher–Yates permutation of `0..n`.
+pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = rng.random_range(0..=i);
+        order.swap(i, j);
+    }
+    order
+}

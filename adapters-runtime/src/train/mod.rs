@@ -1,0 +1,46 @@
+//! Fine-tuning of an adapted model: data, tokenizer, loss, optimizer, schedule, checkpoints,
+//! metrics and the [`Trainer`] loop that ties them together.
+//!
+//! * [`data`]: JSONL examples (`{"text"}`, `{"prompt","completion"}`, `{"messages":[…]}`), with
+//!   bad lines reported by line number; a seeded train / eval split.
+//! * [`tokenizer`], [`chat`]: an HF `tokenizer.json` or a byte-level tokenizer; the chat format.
+//! * [`pack`]: examples → token ids with a loss mask → sequences of at most `seq_len + 1` tokens
+//!   (padded or packed; truncation counted).
+//! * [`batch`]: padded [`Batch`]es and a seeded shuffling [`BatchLoader`] whose position is saved
+//!   with checkpoints.
+//! * [`loss`]: masked causal-LM cross entropy that records gradients, and token accuracy.
+//! * [`optim`], [`grads`]: PyTorch's AdamW with f32 state that can be checkpointed; gradient
+//!   accumulation and global-norm clipping.
+//! * [`schedule`]: linear warmup then cosine decay (transformers' semantics).
+//! * [`checkpoint`]: atomic training checkpoints; resuming continues exactly as if never stopped.
+//! * [`metrics`]: JSONL metrics.
+//! * [`trainer`]: the [`Trainer`] loop.
+
+pub mod batch;
+pub mod chat;
+pub mod checkpoint;
+pub mod data;
+pub mod grads;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+pub mod pack;
+pub mod schedule;
+pub mod tokenizer;
+pub mod trainer;
+
+pub use batch::{Batch, BatchLoader, BatchSource, DataPosition};
+pub use chat::Message;
+pub use checkpoint::{latest_checkpoint, TrainerState};
+pub use data::{load_jsonl, split_train_eval, Dataset, Example, LoadOptions};
+pub use grads::{clip_grad_norm, GradAccumulator, Grads};
+pub use loss::{masked_cross_entropy, masked_cross_entropy_sum, token_accuracy};
+pub use metrics::{EvalMetrics, MetricRecord, MetricsWriter};
+pub use optim::{AdamW, AdamWConfig};
+pub use pack::{
+    encode_chat_prompt, encode_example, encode_prompt, prepare, PackMode, PackOptions, Prepared,
+    Sequence,
+};
+pub use schedule::LrSchedule;
+pub use tokenizer::Tokenizer;
+pub use trainer::{evaluate, TrainConfig, TrainSummary, Trainer};

@@ -1,0 +1,249 @@
+//! Tokenizers: an HF `tokenizer.json` (through the `tokenizers` crate) or a byte-level tokenizer
+//! (256 byte tokens, then BOS, EOS and PAD) when none is given.
+
+use crate::error::{AdapterError, Result};
+use crate::train::chat::Segment;
+use std::path::{Path, PathBuf};
+
+/// BOS id of the byte-level tokenizer.
+pub const BYTE_BOS: u32 = 256;
+/// EOS id of the byte-level tokenizer.
+pub const BYTE_EOS: u32 = 257;
+/// PAD id of the byte-level tokenizer.
+pub const BYTE_PAD: u32 = 258;
+/// Vocabulary size of the byte-level tokenizer.
+pub const BYTE_VOCAB: usize = 259;
+
+/// BOS candidates looked up in an HF vocabulary, in order.
+const BOS_NAMES: [&str; 4] = ["<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>"];
+/// EOS candidates looked up in an HF vocabulary, in order.
+const EOS_NAMES: [&str; 5] = [
+    "<|end_of_text|>",
+    "</s>",
+    "<eos>",
+    "<|endoftext|>",
+    "<|im_end|>",
+];
+/// PAD candidates looked up in an HF vocabulary, in order (else EOS is used).
+const PAD_NAMES: [&str; 5] = [
+    "<pad>",
+    "<|pad|>",
+    "[PAD]",
+    "<|finetune_right_pad_id|>",
+    "<|padding|>",
+];
+
+/// A tokenizer with the special ids training needs.
+#[derive(Clone)]
+pub enum Tokenizer {
+    /// Bytes as tokens: ids 0–255, then [`BYTE_BOS`], [`BYTE_EOS`], [`BYTE_PAD`].
+    Bytes,
+    /// An HF `tokenizer.json`.
+    Hf(Box<HfTokenizer>),
+}
+
+/// An HF tokenizer and its special ids.
+#[derive(Clone)]
+pub struct HfTokenizer {
+    inner: tokenizers::Tokenizer,
+    name: String,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    pad: u32,
+    vocab: usize,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Tokenizer({}, vocab {}, bos {:?}, eos {:?}, pad {})",
+            self.name(),
+            self.vocab_size(),
+            self.bos_id(),
+            self.eos_id(),
+            self.pad_id()
+        )
+    }
+}
+
+fn tok_err(name: &str, reason: impl std::fmt::Display) -> AdapterError {
+    AdapterError::Tokenizer {
+        source_name: name.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Tokenizer {
+    /// The byte-level tokenizer.
+    pub fn byte_level() -> Self {
+        Tokenizer::Bytes
+    }
+
+    /// Loads an HF `tokenizer.json`. Special tokens come from a `tokenizer_config.json` beside it
+    /// (`bos_token`, `eos_token`, `pad_token`) when present, else from well-known names
+    /// (`<|begin_of_text|>` / `<s>`, `<|end_of_text|>` / `</s>`, `<pad>`, …); PAD falls back to EOS.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes =
+            std::fs::read(path).map_err(|e| AdapterError::io("reading tokenizer", path, e))?;
+        let config = path
+            .parent()
+            .map(|d| d.join("tokenizer_config.json"))
+            .filter(|p| p.is_file());
+        let config = match config {
+            Some(p) => Some(read_config(&p)?),
+            None => None,
+        };
+        Self::from_bytes(&bytes, &path.display().to_string(), config.as_ref())
+    }
+
+    /// Loads a `tokenizer.json` from memory; `name` names it in errors; `config` is the parsed
+    /// `tokenizer_config.json`, if any.
+    pub fn from_bytes(
+        bytes: &[u8],
+        name: &str,
+        config: Option<&serde_json::Value>,
+    ) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| tok_err(name, format!("not a valid tokenizer.json: {e}")))?;
+        let lookup = |key: &str, names: &[&str]| -> Result<Option<u32>> {
+            if let Some(tok) = config.and_then(|c| special_name(c, key)) {
+                return match inner.token_to_id(&tok) {
+                    Some(id) => Ok(Some(id)),
+                    None => Err(tok_err(name, format!("tokenizer_config.json names {key} `{tok}`, which is not in the vocabulary"))),
+                };
+            }
+            Ok(names.iter().find_map(|n| inner.token_to_id(n)))
+        };
+        let bos = lookup("bos_token", &BOS_NAMES)?;
+        let eos = lookup("eos_token", &EOS_NAMES)?;
+        let pad = lookup("pad_token", &PAD_NAMES)?.or(eos).unwrap_or(0);
+        let max_added = inner
+            .get_added_tokens_decoder()
+            .keys()
+            .map(|&id| id as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let vocab = inner.get_vocab_size(true).max(max_added);
+        Ok(Tokenizer::Hf(Box::new(HfTokenizer {
+            inner,
+            name: name.to_string(),
+            bos,
+            eos,
+            pad,
+            vocab,
+        })))
+    }
+
+    /// Loads `path` when given, else the byte-level tokenizer.
+    pub fn from_optional_file(path: Option<&Path>) -> Result<Self> {
+        path.map_or_else(|| Ok(Self::byte_level()), Self::from_file)
+    }
+
+    /// `byte-level` or the tokenizer file's path.
+    pub fn name(&self) -> &str {
+        match self {
+            Tokenizer::Bytes => "byte-level",
+            Tokenizer::Hf(h) => &h.name,
+        }
+    }
+
+    /// Encodes text without adding special tokens.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match self {
+            Tokenizer::Bytes => Ok(text.bytes().map(u32::from).collect()),
+            Tokenizer::Hf(h) => Ok(h
+                .inner
+                .encode(text, false)
+                .map_err(|e| tok_err(&h.name, e))?
+                .get_ids()
+                .to_vec()),
+        }
+    }
+
+    /// Decodes ids, skipping special tokens (invalid UTF-8 from byte tokens becomes U+FFFD).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        match self {
+            Tokenizer::Bytes => {
+                let bytes: Vec<u8> = ids.iter().filter_map(|&i| u8::try_from(i).ok()).collect();
+                Ok(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            Tokenizer::Hf(h) => h.inner.decode(ids, true).map_err(|e| tok_err(&h.name, e)),
+        }
+    }
+
+    /// Encodes segments (see [`crate::train::chat`]), returning ids and, per id, whether the loss
+    /// covers it. [`Segment::Eos`] is dropped when the tokenizer has no EOS.
+    pub fn encode_segments(&self, segments: &[(Segment, bool)]) -> Result<(Vec<u32>, Vec<bool>)> {
+        let mut ids = Vec::new();
+        let mut mask = Vec::new();
+        for (seg, train) in segments {
+            let piece = match seg {
+                Segment::Text(t) => self.encode(t)?,
+                Segment::Eos => self.eos_id().into_iter().collect(),
+            };
+            mask.extend(std::iter::repeat_n(*train, piece.len()));
+            ids.extend(piece);
+        }
+        Ok((ids, mask))
+    }
+
+    /// Number of token ids (the model's embedding table must have at least this many rows).
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Tokenizer::Bytes => BYTE_VOCAB,
+            Tokenizer::Hf(h) => h.vocab,
+        }
+    }
+
+    /// Beginning-of-sequence id, prepended to every example when present.
+    pub fn bos_id(&self) -> Option<u32> {
+        match self {
+            Tokenizer::Bytes => Some(BYTE_BOS),
+            Tokenizer::Hf(h) => h.bos,
+        }
+    }
+
+    /// End-of-sequence id, appended to every example when present.
+    pub fn eos_id(&self) -> Option<u32> {
+        match self {
+            Tokenizer::Bytes => Some(BYTE_EOS),
+            Tokenizer::Hf(h) => h.eos,
+        }
+    }
+
+    /// Padding id (never trained on: padded positions have loss mask 0).
+    pub fn pad_id(&self) -> u32 {
+        match self {
+            Tokenizer::Bytes => BYTE_PAD,
+            Tokenizer::Hf(h) => h.pad,
+        }
+    }
+
+    /// The underlying HF tokenizer, if any.
+    pub fn hf(&self) -> Option<&tokenizers::Tokenizer> {
+        match self {
+            Tokenizer::Bytes => None,
+            Tokenizer::Hf(h) => Some(&h.inner),
+        }
+    }
+}
+
+fn read_config(path: &PathBuf) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AdapterError::io("reading tokenizer config", path, e))?;
+    serde_json::from_str(&text).map_err(|source| AdapterError::Json {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// `config[key]` as a token string: either `"<s>"` or `{"content": "<s>", …}`.
+fn special_name(config: &serde_json::Value, key: &str) -> Option<String> {
+    match config.get(key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}

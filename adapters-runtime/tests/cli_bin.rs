@@ -1,0 +1,134 @@
+//! The built `adapters` binary: `inspect`, `merge` and `estimate` on the workspace's PEFT fixtures,
+//! and a failing run's exit status and message.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixture(case: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/peft")
+        .join(case)
+}
+
+fn adapters(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_adapters"))
+        .args(args)
+        .output()
+        .expect("running adapters")
+}
+
+fn text(o: &[u8]) -> String {
+    String::from_utf8_lossy(o).into_owned()
+}
+
+#[test]
+fn inspect_prints_the_table() {
+    let dir = fixture("tiny_llama_dora").join("adapter");
+    let o = adapters(&["inspect", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    for s in [
+        "model.layers.1.mlp.down_proj",
+        "DoRA",
+        "[8, 160]",
+        "total (14 modules)",
+        "19,072",
+        "74.50 KiB",
+    ] {
+        assert!(out.contains(s), "{s} in:\n{out}");
+    }
+}
+
+#[test]
+fn merge_writes_the_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("merged");
+    let (base, adapter) = (
+        fixture("tiny_llama_dora").join("model"),
+        fixture("tiny_llama_dora").join("adapter"),
+    );
+    let args = [
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let o = adapters(&args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("merged 14 weight(s)"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(out.join("model.safetensors").is_file() && out.join("config.json").is_file());
+    // Again without --force: refused, exit status 1, the output untouched.
+    let o = adapters(&args);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("exists; pass --force"),
+        "{}",
+        text(&o.stderr)
+    );
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    assert!(adapters(&forced).status.success());
+}
+
+#[test]
+fn estimate_prints_the_breakdown() {
+    let cfg = fixture("tiny_llama_dora").join("model/config.json");
+    let o = adapters(&[
+        "estimate",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--method",
+        "dora",
+        "--rank",
+        "16",
+        "--targets",
+        "q_proj,v_proj",
+        "--dtype",
+        "bf16",
+        "--batch-tokens",
+        "4096",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    for s in [
+        "base weights",
+        "98,624",
+        "optimizer state",
+        "activations",
+        "total",
+        "21,286,528 B",
+    ] {
+        assert!(out.contains(s), "{s} in:\n{out}");
+    }
+}
+
+#[test]
+fn bad_input_fails_with_a_message() {
+    let o = adapters(&["inspect", "/nonexistent/adapter"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).starts_with("error: reading adapter folder `/nonexistent/adapter`"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = adapters(&[
+        "estimate",
+        "--config",
+        "x.json",
+        "--method",
+        "qlora",
+        "--rank",
+        "4",
+        "--targets",
+        "q_proj",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "clap rejects the method");
+    assert!(text(&o.stderr).contains("qlora"));
+}

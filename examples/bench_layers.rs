@@ -1,0 +1,154 @@
+//! Layer benchmark: forward and forward+backward of base / LoRA / DoRA / merged DoRA linear layers.
+//!
+//! ```text
+//! cargo run --release --example bench_layers -- [--json FILE] [--runs 20] [--device cpu|cuda] [--dtype f32|bf16]
+//! ```
+//! Backward is of `sum(y·g)` into the adapter parameters only (x is a constant input). Each figure is
+//! the median of `--runs` timed runs after warm-up. Results go to stdout as a table and, with
+//! `--json`, as an array of `{"kind", "din", "dout", "r", "tokens", "dtype", "fwd_ms", "fwd_bwd_ms"}`.
+
+use adapters_runtime::candle_core::{DType, Device, Module, Tensor};
+use adapters_runtime::{AdaptedLinear, AdapterConfig};
+use clap::Parser;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(about = "Times base / LoRA / DoRA / merged-DoRA linear layers")]
+struct Args {
+    /// Write the records as a JSON array to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Timed runs per figure (the median is reported).
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Untimed warm-up runs.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Activation / base dtype: `f32`, `bf16` or `f16`.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Shapes as `in,out,r,tokens`; repeatable. Default: the two shapes of the issue.
+    #[arg(long = "shape")]
+    shapes: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Record {
+    kind: &'static str,
+    din: usize,
+    dout: usize,
+    r: usize,
+    tokens: usize,
+    dtype: String,
+    fwd_ms: f64,
+    fwd_bwd_ms: Option<f64>,
+}
+
+fn median_ms(runs: usize, warmup: usize, device: &Device, mut f: impl FnMut() -> candle_core_result::R) -> f64 {
+    for _ in 0..warmup {
+        f().expect("benchmark step");
+    }
+    let mut times: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f().expect("benchmark step");
+            device.synchronize().expect("synchronize");
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// The step closures' result type.
+mod candle_core_result {
+    pub type R = adapters_runtime::candle_core::Result<()>;
+}
+
+fn rand(dims: &[usize], scale: f64, dt: DType, device: &Device) -> Tensor {
+    (Tensor::rand(-1f32, 1f32, dims, device).unwrap() * scale).unwrap().to_dtype(dt).unwrap()
+}
+
+fn layer(w: &Tensor, cfg: Option<AdapterConfig>, device: &Device) -> AdaptedLinear {
+    let mut l = AdaptedLinear::new(w.clone(), None).with_path("bench");
+    if let Some(cfg) = cfg {
+        let (dout, din) = w.dims2().unwrap();
+        // Non-zero A and B, as mid-training.
+        let a = rand(&[cfg.rank, din], 1.0 / (din as f64).sqrt(), DType::F32, device);
+        let b = rand(&[dout, cfg.rank], 0.01, DType::F32, device);
+        l.attach_weights(cfg, &a, &b, None).unwrap();
+    }
+    l
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let device = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0)?,
+        d => return Err(format!("unknown device `{d}` (expected cpu or cuda)").into()),
+    };
+    let dt = match args.dtype.as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        d => return Err(format!("unknown dtype `{d}` (expected f32, bf16 or f16)").into()),
+    };
+    let shapes: Vec<[usize; 4]> = if args.shapes.is_empty() {
+        vec![[1024, 1024, 16, 512], [2048, 2048, 16, 256]]
+    } else {
+        args.shapes
+            .iter()
+            .map(|s| {
+                let v: Vec<usize> = s.split(',').map(str::parse).collect::<Result<_, _>>()?;
+                v.try_into().map_err(|_| format!("--shape `{s}`: expected in,out,r,tokens").into())
+            })
+            .collect::<Result<_, Box<dyn std::error::Error>>>()?
+    };
+    let mut records = Vec::new();
+    println!("{:<12} {:>5} {:>5} {:>3} {:>6} {:>5} {:>10} {:>12}", "kind", "in", "out", "r", "tokens", "dtype", "fwd ms", "fwd+bwd ms");
+    for [din, dout, r, tokens] in shapes {
+        let w = rand(&[dout, din], 1.0 / (din as f64).sqrt(), dt, &device);
+        let x = rand(&[tokens, din], 1.0, dt, &device);
+        let g = rand(&[tokens, dout], 1.0, dt, &device);
+        let alpha = 2.0 * r as f64;
+        let kinds: [(&'static str, Option<AdapterConfig>, bool); 4] = [
+            ("base", None, false),
+            ("lora", Some(AdapterConfig::lora(r, alpha)), false),
+            ("dora", Some(AdapterConfig::dora(r, alpha)), false),
+            ("dora_merged", Some(AdapterConfig::dora(r, alpha)), true),
+        ];
+        for (kind, cfg, merged) in kinds {
+            let mut l = layer(&w, cfg, &device);
+            if merged {
+                l.merge()?;
+            }
+            let fwd_ms = median_ms(args.runs, args.warmup, &device, || l.forward(&x).map(drop));
+            let trains = cfg.is_some() && !merged;
+            let fwd_bwd_ms = trains.then(|| {
+                median_ms(args.runs, args.warmup, &device, || {
+                    let y = l.forward(&x)?;
+                    let loss = (y * &g)?.to_dtype(DType::F32)?.sum_all()?;
+                    loss.backward().map(drop)
+                })
+            });
+            let bwd = fwd_bwd_ms.map_or("-".to_string(), |v| format!("{v:.2}"));
+            println!("{kind:<12} {din:>5} {dout:>5} {r:>3} {tokens:>6} {:>5} {fwd_ms:>10.2} {bwd:>12}", args.dtype);
+            records.push(Record { kind, din, dout, r, tokens, dtype: args.dtype.clone(), fwd_ms, fwd_bwd_ms });
+        }
+        let get = |k: &str| records.iter().rev().find(|rec| rec.kind == k).and_then(|rec| rec.fwd_bwd_ms);
+        if let (Some(l), Some(d)) = (get("lora"), get("dora")) {
+            println!("  DoRA / LoRA fwd+bwd = {:.3}", d / l);
+        }
+    }
+    if let Some(path) = args.json {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(&records)?)?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(())
+}

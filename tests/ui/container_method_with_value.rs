@@ -1,0 +1,11 @@
+//! Methods are bare words.
+use adapters_runtime::adapter;
+use adapters_runtime::candle_nn::Linear;
+
+#[adapter(dora = true, rank = 8, alpha = 16.0)]
+pub struct Model {
+    #[adapt(in = 64, out = 64)]
+    pub q_proj: Linear,
+}
+
+fn main() {}

@@ -1,0 +1,24 @@
+//! `#[adapt]`, `#[frozen]` and `#[nested]` without sizes compile (runtime counts only), as long as
+//! no compile-time constant is used.
+#![deny(warnings)]
+
+use adapters_runtime::adapter;
+use adapters_runtime::candle_nn::{Embedding, Linear};
+
+#[adapter(lora, rank = 8, alpha = 16.0)]
+pub struct Block {
+    #[adapt]
+    pub q_proj: Linear,
+    #[adapt(rank = 4, alpha = 4.0)]
+    pub embed: Embedding,
+    #[frozen]
+    pub head: Linear,
+}
+
+#[adapter(dora, rank = 8, alpha = 16.0)]
+pub struct Model {
+    #[nested]
+    pub layers: Vec<Block>,
+}
+
+fn main() {}
