@@ -1,13 +1,13 @@
 //! Layer benchmark: forward and forward+backward of base / LoRA / DoRA / merged DoRA linear layers.
 //!
 //! ```text
-//! cargo run --release --example bench_layers -- [--json FILE] [--runs 20] [--device cpu|cuda] [--dtype f32|bf16]
+//! cargo run --release --example bench_layers -- [--json FILE] [--runs 20] [--device cpu|cuda|cuda:N] [--dtype f32|bf16]
 //! ```
 //! Backward is of `sum(y·g)` into the adapter parameters only (x is a constant input). Each figure is
 //! the median of `--runs` timed runs after warm-up. Results go to stdout as a table and, with
 //! `--json`, as an array of `{"kind", "din", "dout", "r", "tokens", "dtype", "fwd_ms", "fwd_bwd_ms"}`.
 
-use adapters_runtime::candle_core::{DType, Device, Module, Tensor};
+use adapters_runtime::candle_core::{self as candle_core, DType, Device, Module, Tensor};
 use adapters_runtime::{AdaptedLinear, AdapterConfig};
 use clap::Parser;
 use serde::Serialize;
@@ -25,7 +25,7 @@ struct Args {
     /// Untimed warm-up runs.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// `cpu` or `cuda`.
+    /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Activation / base dtype: `f32`, `bf16` or `f16`.
@@ -48,50 +48,55 @@ struct Record {
     fwd_bwd_ms: Option<f64>,
 }
 
-fn median_ms(runs: usize, warmup: usize, device: &Device, mut f: impl FnMut() -> candle_core_result::R) -> f64 {
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Median wall time in ms of `runs` calls of `f` after `warmup` calls, synchronising the device
+/// after each call so that asynchronous (CUDA) work is included.
+fn median_ms(
+    runs: usize,
+    warmup: usize,
+    device: &Device,
+    mut f: impl FnMut() -> candle_core::Result<()>,
+) -> Res<f64> {
     for _ in 0..warmup {
-        f().expect("benchmark step");
+        f()?;
+        device.synchronize()?;
     }
-    let mut times: Vec<f64> = (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f().expect("benchmark step");
-            device.synchronize().expect("synchronize");
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        f()?;
+        device.synchronize()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
     times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    Ok(times[times.len() / 2])
 }
 
-/// The step closures' result type.
-mod candle_core_result {
-    pub type R = adapters_runtime::candle_core::Result<()>;
+fn rand(dims: &[usize], scale: f64, dt: DType, device: &Device) -> candle_core::Result<Tensor> {
+    (Tensor::rand(-1f32, 1f32, dims, device)? * scale)?.to_dtype(dt)
 }
 
-fn rand(dims: &[usize], scale: f64, dt: DType, device: &Device) -> Tensor {
-    (Tensor::rand(-1f32, 1f32, dims, device).unwrap() * scale).unwrap().to_dtype(dt).unwrap()
-}
-
-fn layer(w: &Tensor, cfg: Option<AdapterConfig>, device: &Device) -> AdaptedLinear {
+fn layer(w: &Tensor, cfg: Option<AdapterConfig>, device: &Device) -> Res<AdaptedLinear> {
     let mut l = AdaptedLinear::new(w.clone(), None).with_path("bench");
     if let Some(cfg) = cfg {
-        let (dout, din) = w.dims2().unwrap();
+        let (dout, din) = w.dims2()?;
         // Non-zero A and B, as mid-training.
-        let a = rand(&[cfg.rank, din], 1.0 / (din as f64).sqrt(), DType::F32, device);
-        let b = rand(&[dout, cfg.rank], 0.01, DType::F32, device);
-        l.attach_weights(cfg, &a, &b, None).unwrap();
+        let a = rand(
+            &[cfg.rank, din],
+            1.0 / (din as f64).sqrt(),
+            DType::F32,
+            device,
+        )?;
+        let b = rand(&[dout, cfg.rank], 0.01, DType::F32, device)?;
+        l.attach_weights(cfg, &a, &b, None)?;
     }
-    l
+    Ok(l)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn run() -> Res<()> {
     let args = Args::parse();
-    let device = match args.device.as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0)?,
-        d => return Err(format!("unknown device `{d}` (expected cpu or cuda)").into()),
-    };
+    let device = adapters_runtime::device(&args.device)?;
     let dt = match args.dtype.as_str() {
         "f32" => DType::F32,
         "bf16" => DType::BF16,
@@ -105,16 +110,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .map(|s| {
                 let v: Vec<usize> = s.split(',').map(str::parse).collect::<Result<_, _>>()?;
-                v.try_into().map_err(|_| format!("--shape `{s}`: expected in,out,r,tokens").into())
+                v.try_into()
+                    .map_err(|_| format!("--shape `{s}`: expected in,out,r,tokens").into())
             })
             .collect::<Result<_, Box<dyn std::error::Error>>>()?
     };
     let mut records = Vec::new();
-    println!("{:<12} {:>5} {:>5} {:>3} {:>6} {:>5} {:>10} {:>12}", "kind", "in", "out", "r", "tokens", "dtype", "fwd ms", "fwd+bwd ms");
+    println!(
+        "{:<12} {:>5} {:>5} {:>3} {:>6} {:>5} {:>10} {:>12}",
+        "kind", "in", "out", "r", "tokens", "dtype", "fwd ms", "fwd+bwd ms"
+    );
     for [din, dout, r, tokens] in shapes {
-        let w = rand(&[dout, din], 1.0 / (din as f64).sqrt(), dt, &device);
-        let x = rand(&[tokens, din], 1.0, dt, &device);
-        let g = rand(&[tokens, dout], 1.0, dt, &device);
+        let w = rand(&[dout, din], 1.0 / (din as f64).sqrt(), dt, &device)?;
+        let x = rand(&[tokens, din], 1.0, dt, &device)?;
+        let g = rand(&[tokens, dout], 1.0, dt, &device)?;
         let alpha = 2.0 * r as f64;
         let kinds: [(&'static str, Option<AdapterConfig>, bool); 4] = [
             ("base", None, false),
@@ -123,24 +132,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("dora_merged", Some(AdapterConfig::dora(r, alpha)), true),
         ];
         for (kind, cfg, merged) in kinds {
-            let mut l = layer(&w, cfg, &device);
+            let mut l = layer(&w, cfg, &device)?;
             if merged {
                 l.merge()?;
             }
-            let fwd_ms = median_ms(args.runs, args.warmup, &device, || l.forward(&x).map(drop));
+            let fwd_ms = median_ms(args.runs, args.warmup, &device, || l.forward(&x).map(drop))?;
             let trains = cfg.is_some() && !merged;
-            let fwd_bwd_ms = trains.then(|| {
-                median_ms(args.runs, args.warmup, &device, || {
+            let fwd_bwd_ms = if trains {
+                Some(median_ms(args.runs, args.warmup, &device, || {
                     let y = l.forward(&x)?;
                     let loss = (y * &g)?.to_dtype(DType::F32)?.sum_all()?;
                     loss.backward().map(drop)
-                })
-            });
+                })?)
+            } else {
+                None
+            };
             let bwd = fwd_bwd_ms.map_or("-".to_string(), |v| format!("{v:.2}"));
-            println!("{kind:<12} {din:>5} {dout:>5} {r:>3} {tokens:>6} {:>5} {fwd_ms:>10.2} {bwd:>12}", args.dtype);
-            records.push(Record { kind, din, dout, r, tokens, dtype: args.dtype.clone(), fwd_ms, fwd_bwd_ms });
+            println!(
+                "{kind:<12} {din:>5} {dout:>5} {r:>3} {tokens:>6} {:>5} {fwd_ms:>10.2} {bwd:>12}",
+                args.dtype
+            );
+            records.push(Record {
+                kind,
+                din,
+                dout,
+                r,
+                tokens,
+                dtype: args.dtype.clone(),
+                fwd_ms,
+                fwd_bwd_ms,
+            });
         }
-        let get = |k: &str| records.iter().rev().find(|rec| rec.kind == k).and_then(|rec| rec.fwd_bwd_ms);
+        let get = |k: &str| {
+            records
+                .iter()
+                .rev()
+                .find(|rec| rec.kind == k)
+                .and_then(|rec| rec.fwd_bwd_ms)
+        };
         if let (Some(l), Some(d)) = (get("lora"), get("dora")) {
             println!("  DoRA / LoRA fwd+bwd = {:.3}", d / l);
         }
@@ -151,4 +180,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::rename(&tmp, &path)?;
     }
     Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -568,7 +568,7 @@ fn inspect_lists_modules_and_totals() {
 
 #[test]
 fn estimate_uses_the_const_formulas() {
-    let cfg = LlamaConfig::read(&llama_model().join("config.json")).unwrap();
+    let cfg = LlamaConfig::from_file(&llama_model().join("config.json")).unwrap();
     assert_eq!(cfg.head_dim(), 16);
     let req = EstimateRequest {
         method: Method::Dora,
@@ -649,13 +649,13 @@ fn estimate_config_errors_name_the_file_and_field() {
     let dir = TempDir::new("hfcfg");
     let p = dir.join("config.json");
     std::fs::write(&p, r#"{"hidden_size": 64, "num_hidden_layers": 2}"#).unwrap();
-    let err = LlamaConfig::read(&p).unwrap_err().to_string();
+    let err = LlamaConfig::from_file(&p).unwrap_err().to_string();
     assert!(
         err.contains("config.json") && err.contains("intermediate_size"),
         "{err}"
     );
     std::fs::write(&p, r#"{"text_config": {"hidden_size": 60, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 7, "vocab_size": 10}}"#).unwrap();
-    let err = LlamaConfig::read(&p).unwrap_err().to_string();
+    let err = LlamaConfig::from_file(&p).unwrap_err().to_string();
     assert!(
         err.contains("num_attention_heads") && err.contains("hidden_size = 60"),
         "{err}"

@@ -3,10 +3,12 @@
 
 mod common;
 
-use adapters_runtime::candle_core::{DType, Device, Module, Tensor};
-use adapters_runtime::layers::dora_norm::{dense_norm, row_sq_norms, weight_times_at, factored_norm};
+use adapters_runtime::candle_core::{DType, Module, Tensor};
+use adapters_runtime::layers::dora_norm::{
+    dense_norm, factored_norm, row_sq_norms, weight_times_at,
+};
 use adapters_runtime::{AdaptedEmbedding, AdaptedLinear, AdapterConfig};
-use common::{assert_close, rand_tensor, rel_err};
+use common::{assert_close, rand_tensor, rel_err, test_device};
 use proptest::prelude::*;
 
 /// A DoRA layer over `w` with random A and B (no magnitude given: m = n).
@@ -15,7 +17,8 @@ fn dora(w: Tensor, r: usize, alpha: f64, seed: u64) -> AdaptedLinear {
     let mut l = AdaptedLinear::new(w, None).with_path("l");
     let a = rand_tensor(seed, &[r, din], 1.0 / (din as f64).sqrt(), DType::F32);
     let b = rand_tensor(seed + 1, &[dout, r], 0.2, DType::F32);
-    l.attach_weights(AdapterConfig::dora(r, alpha), &a, &b, None).unwrap();
+    l.attach_weights(AdapterConfig::dora(r, alpha), &a, &b, None)
+        .unwrap();
     l
 }
 
@@ -23,7 +26,13 @@ fn dora(w: Tensor, r: usize, alpha: f64, seed: u64) -> AdaptedLinear {
 fn dense_f64(l: &AdaptedLinear) -> Tensor {
     let ad = l.adapter().unwrap();
     let f = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
-    dense_norm(&f(l.weight()), &f(ad.lora_a().as_tensor()), &f(ad.lora_b().as_tensor()), ad.scaling()).unwrap()
+    dense_norm(
+        &f(l.weight()),
+        &f(ad.lora_a().as_tensor()),
+        &f(ad.lora_b().as_tensor()),
+        ad.scaling(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -41,7 +50,12 @@ fn factored_equals_dense_at_large_dims_in_low_precision() {
         let l = dora(w32.to_dtype(dt).unwrap(), 16, 32.0, 4);
         let got = l.weight_norm().unwrap();
         assert_eq!(got.dtype(), DType::F32, "the norm is accumulated in f32");
-        assert_close(&format!("{dt:?} norm at 3000×5000"), &got, &dense_f64(&l), tol);
+        assert_close(
+            &format!("{dt:?} norm at 3000×5000"),
+            &got,
+            &dense_f64(&l),
+            tol,
+        );
     }
 }
 
@@ -52,9 +66,19 @@ fn the_norm_clamps_cancellation_at_zero() {
     let b = rand_tensor(6, &[16, 4], 0.5, DType::F64);
     let s = 2.0;
     let w = (b.matmul(&a).unwrap() * -s).unwrap();
-    let n = factored_norm(&row_sq_norms(&w, DType::F64).unwrap(), &weight_times_at(&w, &a).unwrap(), &a, &b, s).unwrap();
+    let n = factored_norm(
+        &row_sq_norms(&w, DType::F64).unwrap(),
+        &weight_times_at(&w, &a).unwrap(),
+        &a,
+        &b,
+        s,
+    )
+    .unwrap();
     let v: Vec<f64> = n.to_vec1().unwrap();
-    assert!(v.iter().all(|x| x.is_finite() && *x >= 0.0 && *x < 1e-6), "{v:?}");
+    assert!(
+        v.iter().all(|x| x.is_finite() && *x >= 0.0 && *x < 1e-6),
+        "{v:?}"
+    );
 }
 
 #[test]
@@ -63,14 +87,21 @@ fn embedding_norm_runs_over_the_vocab_axis() {
     let mut e = AdaptedEmbedding::new(table.clone()).with_path("emb");
     let a = rand_tensor(8, &[4, 300], 0.3, DType::F64);
     let b = rand_tensor(9, &[24, 4], 0.3, DType::F64);
-    e.attach_weights(AdapterConfig::dora(4, 8.0), &a, &b, None).unwrap();
+    e.attach_weights(AdapterConfig::dora(4, 8.0), &a, &b, None)
+        .unwrap();
     // ‖E + s·Aᵀ·Bᵀ‖ over the vocab axis = dense norm of the transposed table.
     let dense = dense_norm(&table.t().unwrap().contiguous().unwrap(), &a, &b, 2.0).unwrap();
     assert_close("embedding norm", &e.weight_norm().unwrap(), &dense, 1e-13);
 }
 
 fn shapes() -> impl Strategy<Value = (usize, usize, usize, u64, bool)> {
-    (1usize..40, 1usize..40, 1usize..9, any::<u64>(), any::<bool>())
+    (
+        1usize..40,
+        1usize..40,
+        1usize..9,
+        any::<u64>(),
+        any::<bool>(),
+    )
 }
 
 proptest! {
@@ -109,7 +140,7 @@ proptest! {
         prop_assert!(rel_err(&l.forward(&x).unwrap(), &base) < 1e-12);
         let mut e = AdaptedEmbedding::new(w);
         e.attach(cfg, seed).unwrap();
-        let ids = Tensor::new(&[0u32, (dout - 1) as u32], &Device::Cpu).unwrap();
+        let ids = Tensor::new(&[0u32, (dout - 1) as u32], &test_device()).unwrap();
         let rows = e.embeddings().index_select(&ids, 0).unwrap();
         prop_assert!(rel_err(&e.forward(&ids).unwrap(), &rows) < 1e-12);
     }

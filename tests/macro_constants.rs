@@ -40,18 +40,25 @@ pub struct LlamaBlock {
     self_attn: LlamaAttention,
     #[nested]
     mlp: LlamaMlp,
-    input_layernorm: RmsNorm,
-    post_attention_layernorm: RmsNorm,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
 }
 
 /// The whole model: frozen embedding and head, 32 adapted layers.
-#[adapter(dora, rank = 16, alpha = 32.0, batch_tokens = 2048, max_trainable_params = 42_000_000, max_vram = "48 GiB")]
+#[adapter(
+    dora,
+    rank = 16,
+    alpha = 32.0,
+    batch_tokens = 2048,
+    max_trainable_params = 42_000_000,
+    max_vram = "48 GiB"
+)]
 pub struct Llama {
     #[frozen(in = VOCAB, out = H)]
     embed_tokens: Embedding,
     #[nested(count = LAYERS)]
     layers: Vec<LlamaBlock>,
-    norm: RmsNorm,
+    pub norm: RmsNorm,
     #[frozen(in = H, out = VOCAB)]
     lm_head: Linear,
 }
@@ -65,11 +72,11 @@ static SIZES: [usize; 2] = [LlamaBlock::TRAINABLE_PARAMS, LlamaBlock::FROZEN_PAR
 fn llama_7b_dora_r16_trainable() {
     // q, k, v, o: 16·(4096 + 4096) + 4096 magnitudes = 131 072 + 4 096 = 135 168 each.
     assert_eq!(LlamaAttention::TRAINABLE_PARAMS, 540_672); // 4 · 135 168
-    // gate, up: 16·(4096 + 11008) + 11008 = 241 664 + 11 008 = 252 672 each;
-    // down: 16·(11008 + 4096) + 4096 = 245 760.
+                                                           // gate, up: 16·(4096 + 11008) + 11008 = 241 664 + 11 008 = 252 672 each;
+                                                           // down: 16·(11008 + 4096) + 4096 = 245 760.
     assert_eq!(LlamaMlp::TRAINABLE_PARAMS, 751_104); // 2 · 252 672 + 245 760
     assert_eq!(LlamaBlock::TRAINABLE_PARAMS, 1_291_776); // 540 672 + 751 104
-    // 32 layers: 41 336 832 = PEFT's LoRA figure 39 976 960 + 32 · 42 496 magnitudes.
+                                                         // 32 layers: 41 336 832 = PEFT's LoRA figure 39 976 960 + 32 · 42 496 magnitudes.
     assert_eq!(Llama::TRAINABLE_PARAMS, 41_336_832);
     assert_eq!(TRAINABLE, 41_336_832);
     assert_eq!(SIZES, [1_291_776, 202_375_168]);
@@ -119,7 +126,13 @@ mod issue_example {
         o_proj: Linear,
     }
 
-    #[adapter(lora, rank = 8, alpha = 16.0, max_trainable_params = 60_000_000, max_vram = "24 GiB")]
+    #[adapter(
+        lora,
+        rank = 8,
+        alpha = 16.0,
+        max_trainable_params = 60_000_000,
+        max_vram = "24 GiB"
+    )]
     pub struct Model {
         #[frozen(params = 32_000 * H)]
         embed: Embedding,
@@ -134,8 +147,8 @@ mod issue_example {
         // q: 16·8192 + 4096 = 135 168; k (rank 8): 8·(4096 + 1024) + 1024 = 41 984.
         assert_eq!(Attention::TRAINABLE_PARAMS, 177_152);
         assert_eq!(Model::TRAINABLE_PARAMS, 5_668_864); // 32 · 177 152
-        // Attention: 4096² + 4096·1024 + 4096² = 37 748 736; · 32 = 1 207 959 552;
-        // + 131 072 000 (embed) + 131 072 000 (lm_head).
+                                                        // Attention: 4096² + 4096·1024 + 4096² = 37 748 736; · 32 = 1 207 959 552;
+                                                        // + 131 072 000 (embed) + 131 072 000 (lm_head).
         assert_eq!(Model::FROZEN_PARAMS, 1_470_103_552);
         // 2 · 1 470 103 552 + 16 · 5 668 864.
         assert_eq!(Model::VRAM_BYTES, 3_030_908_928);

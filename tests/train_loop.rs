@@ -1,10 +1,9 @@
 //! The training loop on a tiny adapted model: exact resume from a checkpoint after a crash
 //! (bit-identical parameters and losses), the NaN guard, checkpoint contents and errors, metrics,
-//! and that training lowers the loss.
+//! and that training lowers the loss. On `ADAPTERS_TEST_DEVICE` (default `cpu`).
 
 mod train_support;
 
-use adapters_runtime::candle_core::Device;
 use adapters_runtime::train::checkpoint::{
     dropout_steps, list_checkpoints, ADAPTER_DIR, OPTIMIZER_FILE, STATE_FILE, TRAINABLE_FILE,
 };
@@ -16,7 +15,7 @@ use adapters_runtime::train::{
 use adapters_runtime::{AdapterError, Adapters, Result};
 use std::cell::Cell;
 use std::path::Path;
-use train_support::{param_bits, scratch, TinyLm};
+use train_support::{param_bits, scratch, test_device, TinyLm};
 
 fn texts() -> Vec<Example> {
     let words = ["abc", "bcd", "cde", "xyz", "hello", "world", "rust", "dora"];
@@ -43,7 +42,7 @@ fn loader(seed: u64) -> BatchLoader {
         },
     )
     .unwrap();
-    BatchLoader::new(p.sequences, 4, tok.pad_id(), &Device::Cpu, seed, true).unwrap()
+    BatchLoader::new(p.sequences, 4, tok.pad_id(), &test_device(), seed, true).unwrap()
 }
 
 fn config(dir: &Path, steps: u64) -> TrainConfig {
@@ -310,7 +309,7 @@ fn bad_configs_and_mismatched_checkpoints_are_typed_errors() {
         ids: vec![1, 2, 3],
         mask: vec![false, true, true],
     }];
-    let mut data = BatchLoader::new(seqs, 1, tok_pad, &Device::Cpu, 0, false).unwrap();
+    let mut data = BatchLoader::new(seqs, 1, tok_pad, &test_device(), 0, false).unwrap();
     Trainer::new(&small, cfg.clone())
         .unwrap()
         .train(&mut small, &mut data, |m, b, t| m.loss(b, t))

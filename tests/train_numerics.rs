@@ -1,16 +1,16 @@
 //! The trainer's numerics against hand-computed values: the learning-rate schedule, PyTorch's
 //! AdamW, global-norm clipping, gradient accumulation, and the masked cross entropy (values and a
-//! finite-difference gradient check).
+//! finite-difference gradient check). On `ADAPTERS_TEST_DEVICE` (default `cpu`).
 
 mod train_support;
 
-use adapters_runtime::candle_core::{DType, Device, Tensor, Var};
+use adapters_runtime::candle_core::{DType, Tensor, Var};
 use adapters_runtime::train::{
     clip_grad_norm, masked_cross_entropy, masked_cross_entropy_sum, token_accuracy, AdamW,
     AdamWConfig, GradAccumulator, Grads, LrSchedule,
 };
 use adapters_runtime::AdapterError;
-use train_support::{tensor, vals};
+use train_support::{tensor, test_device, vals};
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol * b.abs().max(1.0)
@@ -73,7 +73,7 @@ fn torch_adamw(mut p: f64, grads: &[f64], lr: f64, wd: f64) -> Vec<f64> {
 
 #[test]
 fn adamw_matches_pytorch_step_by_step() {
-    let var = Var::from_vec(vec![1.0f32, -2.0], 2, &Device::Cpu).unwrap();
+    let var = Var::from_vec(vec![1.0f32, -2.0], 2, &test_device()).unwrap();
     let mut opt = AdamW::new(vec![("w".into(), var.clone())], AdamWConfig::default()).unwrap();
     let grads = [[0.5, 0.0], [-0.25, 1e-3], [0.125, -3.0]];
     // torch.optim.AdamW(lr=0.1, weight_decay=0.01), values written out from the formula.
@@ -83,7 +83,7 @@ fn adamw_matches_pytorch_step_by_step() {
         [0.8365529176159483, -2.00448202401705],
     ];
     for (g, want) in grads.iter().zip(expected) {
-        let g = Tensor::new(&[g[0] as f32, g[1] as f32], &Device::Cpu).unwrap();
+        let g = Tensor::new(&[g[0] as f32, g[1] as f32], &test_device()).unwrap();
         opt.step(&Grads::from_map([("w".to_string(), g)]).unwrap(), 0.1)
             .unwrap();
         let got = vals(var.as_tensor());
@@ -99,13 +99,13 @@ fn adamw_matches_pytorch_step_by_step() {
 #[test]
 fn adamw_keeps_f32_state_for_bf16_params_and_skips_missing_grads() {
     let w = Var::from_tensor(
-        &Tensor::new(&[0.5f32, 0.25], &Device::Cpu)
+        &Tensor::new(&[0.5f32, 0.25], &test_device())
             .unwrap()
             .to_dtype(DType::BF16)
             .unwrap(),
     )
     .unwrap();
-    let untouched = Var::from_vec(vec![3.0f32], 1, &Device::Cpu).unwrap();
+    let untouched = Var::from_vec(vec![3.0f32], 1, &test_device()).unwrap();
     let mut opt = AdamW::new(
         vec![("w".into(), w.clone()), ("u".into(), untouched.clone())],
         AdamWConfig {
@@ -114,7 +114,7 @@ fn adamw_keeps_f32_state_for_bf16_params_and_skips_missing_grads() {
         },
     )
     .unwrap();
-    let g = Tensor::new(&[1.0f32, -1.0], &Device::Cpu)
+    let g = Tensor::new(&[1.0f32, -1.0], &test_device())
         .unwrap()
         .to_dtype(DType::BF16)
         .unwrap();
@@ -164,11 +164,11 @@ fn adamw_state_round_trips_exactly_and_rejects_mismatches() {
     let mut bad = saved.clone();
     bad.insert(
         "p.exp_avg".into(),
-        Tensor::zeros((4, 3), DType::F32, &Device::Cpu).unwrap(),
+        Tensor::zeros((4, 3), DType::F32, &test_device()).unwrap(),
     );
     bad.insert(
         "q.exp_avg".into(),
-        Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap(),
+        Tensor::zeros(1, DType::F32, &test_device()).unwrap(),
     );
     match oc.load_state(&bad, "optimizer.safetensors") {
         Err(AdapterError::Keys { context, issues }) => {
@@ -189,11 +189,11 @@ fn clip_grad_norm_matches_torch() {
     let mut g = Grads::from_map([
         (
             "a".to_string(),
-            Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap(),
+            Tensor::new(&[3.0f32, 4.0], &test_device()).unwrap(),
         ),
         (
             "b".to_string(),
-            Tensor::new(&[12.0f32], &Device::Cpu).unwrap(),
+            Tensor::new(&[12.0f32], &test_device()).unwrap(),
         ),
     ])
     .unwrap();
@@ -210,7 +210,7 @@ fn clip_grad_norm_matches_torch() {
 
 #[test]
 fn grad_accumulation_averages_micro_batches() {
-    let w = Var::from_vec(vec![1.0f32, 2.0], 2, &Device::Cpu).unwrap();
+    let w = Var::from_vec(vec![1.0f32, 2.0], 2, &test_device()).unwrap();
     let params = vec![("w".to_string(), w.clone())];
     let mut acc = GradAccumulator::new();
     for s in [1.0f64, 3.0] {
@@ -234,9 +234,9 @@ fn masked_cross_entropy_matches_manual() {
         1.0, 2.0, 3.0, /**/ 0.5, -1.0, 0.0, /**/ 10.0, 0.0, -10.0, /**/ 0.0, 0.0,
         0.0,
     ];
-    let l = Tensor::from_vec(logits.clone(), (2, 2, 3), &Device::Cpu).unwrap();
-    let targets = Tensor::new(&[[2u32, 0], [1, 1]], &Device::Cpu).unwrap();
-    let mask = Tensor::new(&[[1f32, 1.0], [1.0, 0.0]], &Device::Cpu).unwrap();
+    let l = Tensor::from_vec(logits.clone(), (2, 2, 3), &test_device()).unwrap();
+    let targets = Tensor::new(&[[2u32, 0], [1, 1]], &test_device()).unwrap();
+    let mask = Tensor::new(&[[1f32, 1.0], [1.0, 0.0]], &test_device()).unwrap();
     let row = |i: usize| {
         logits[i * 3..i * 3 + 3]
             .iter()
@@ -269,7 +269,7 @@ fn masked_cross_entropy_matches_manual() {
     let bad = masked_cross_entropy(
         &l,
         &targets,
-        &Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap(),
+        &Tensor::ones((2, 3), DType::F32, &test_device()).unwrap(),
     );
     assert!(
         matches!(bad, Err(AdapterError::ShapeMismatch { .. })),
@@ -281,8 +281,8 @@ fn masked_cross_entropy_matches_manual() {
 fn masked_cross_entropy_gradient_matches_finite_differences() {
     let (b, t, v) = (2, 3, 5);
     let base = tensor(21, &[b, t, v], 2.0).to_dtype(DType::F64).unwrap();
-    let targets = Tensor::new(&[[4u32, 0, 2], [1, 3, 3]], &Device::Cpu).unwrap();
-    let mask = Tensor::new(&[[1f32, 0.0, 1.0], [1.0, 1.0, 0.0]], &Device::Cpu).unwrap();
+    let targets = Tensor::new(&[[4u32, 0, 2], [1, 3, 3]], &test_device()).unwrap();
+    let mask = Tensor::new(&[[1f32, 0.0, 1.0], [1.0, 1.0, 0.0]], &test_device()).unwrap();
     // Analytic gradient through a Var (f32 logits).
     let x = Var::from_tensor(&base.to_dtype(DType::F32).unwrap()).unwrap();
     let loss = masked_cross_entropy(x.as_tensor(), &targets, &mask).unwrap();
@@ -297,7 +297,7 @@ fn masked_cross_entropy_gradient_matches_finite_differences() {
         let bump = |d: f64| {
             let mut p = flat.clone();
             p[i] += d;
-            Tensor::from_vec(p, (b, t, v), &Device::Cpu).unwrap()
+            Tensor::from_vec(p, (b, t, v), &test_device()).unwrap()
         };
         let fd = (f(&bump(eps)) - f(&bump(-eps))) / (2.0 * eps);
         max_err = max_err.max((fd - analytic[i]).abs());

@@ -92,7 +92,10 @@ pub fn parse_args(tokens: TokenStream, attr: &str, cx: &Ctxt) -> Vec<Arg> {
             } else {
                 // A missing comma: report it and read on, so `rank = 8 alpha = 16.0` still
                 // yields both entries.
-                cx.error(input.span(), format!("expected `,` between the entries of `{attr}`"));
+                cx.error(
+                    input.span(),
+                    format!("expected `,` between the entries of `{attr}`"),
+                );
             }
         }
         Ok(())
@@ -106,9 +109,7 @@ pub fn parse_args(tokens: TokenStream, attr: &str, cx: &Ctxt) -> Vec<Arg> {
 /// Parses one `key` or `key = value`.
 fn parse_one(input: ParseStream, attr: &str) -> syn::Result<Arg> {
     if !(input.peek(Ident::peek_any)) {
-        return Err(input.error(format!(
-            "expected a key in `{attr}`, such as `rank = 16`"
-        )));
+        return Err(input.error(format!("expected a key in `{attr}`, such as `rank = 16`")));
     }
     let key = input.call(Ident::parse_any)?;
     if !input.peek(Token![=]) {

@@ -105,7 +105,10 @@ impl<'a> Input<'a> {
             Fields::Unit => {
                 cx.error(
                     item.ident.span(),
-                    format!("`#[adapter]` needs a struct with named fields, but `{}` is a unit struct", item.ident),
+                    format!(
+                        "`#[adapter]` needs a struct with named fields, but `{}` is a unit struct",
+                        item.ident
+                    ),
                 );
                 return None;
             }

@@ -265,7 +265,10 @@ pub fn field(attr: &syn::Attribute, role: Role, cx: &Ctxt) -> FieldArgs {
         syn::Meta::NameValue(nv) => {
             cx.error_spanned(
                 nv,
-                format!("expected `#[{0}]` or `{name}`, not `#[{0} = ...]`", role.name()),
+                format!(
+                    "expected `#[{0}]` or `{name}`, not `#[{0} = ...]`",
+                    role.name()
+                ),
             );
             return out;
         }
@@ -335,7 +338,10 @@ fn value<'a>(cx: &Ctxt, a: &'a Arg, example: &str) -> Option<&'a Expr> {
     match &a.value {
         Some(Value::Expr(e)) => Some(strip(e)),
         _ => {
-            cx.error(a.key.span(), format!("`{}` needs a value, e.g. `{example}`", a.name()));
+            cx.error(
+                a.key.span(),
+                format!("`{}` needs a value, e.g. `{example}`", a.name()),
+            );
             None
         }
     }
@@ -369,7 +375,9 @@ fn flag_or_bool(cx: &Ctxt, a: &Arg) -> Option<Spanned<bool>> {
     };
     let Value::Expr(e) = e else { return None };
     match strip(e) {
-        Expr::Lit(ExprLit { lit: Lit::Bool(b), .. }) => Some(Spanned::new(a, b.value)),
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        }) => Some(Spanned::new(a, b.value)),
         other => {
             cx.error_spanned(
                 other,
@@ -383,7 +391,9 @@ fn flag_or_bool(cx: &Ctxt, a: &Arg) -> Option<Spanned<bool>> {
 fn usize_lit(cx: &Ctxt, a: &Arg, example: &str) -> Option<Spanned<usize>> {
     let e = value(cx, a, example)?;
     match e {
-        Expr::Lit(ExprLit { lit: Lit::Int(i), .. }) => match i.base10_parse::<usize>() {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(i), ..
+        }) => match i.base10_parse::<usize>() {
             Ok(v) => Some(Spanned::new(a, v)),
             Err(_) => {
                 cx.error_spanned(i, format!("`{}` is too large", a.name()));
@@ -393,7 +403,10 @@ fn usize_lit(cx: &Ctxt, a: &Arg, example: &str) -> Option<Spanned<usize>> {
         other => {
             cx.error_spanned(
                 other,
-                format!("`{}` expects an integer literal, e.g. `{example}`", a.name()),
+                format!(
+                    "`{}` expects an integer literal, e.g. `{example}`",
+                    a.name()
+                ),
             );
             None
         }
@@ -403,12 +416,20 @@ fn usize_lit(cx: &Ctxt, a: &Arg, example: &str) -> Option<Spanned<usize>> {
 fn f64_lit(cx: &Ctxt, a: &Arg, example: &str) -> Option<Spanned<f64>> {
     let e = value(cx, a, example)?;
     let number = |e: &Expr| match e {
-        Expr::Lit(ExprLit { lit: Lit::Float(f), .. }) => f.base10_parse::<f64>().ok(),
-        Expr::Lit(ExprLit { lit: Lit::Int(i), .. }) => i.base10_parse::<f64>().ok(),
+        Expr::Lit(ExprLit {
+            lit: Lit::Float(f), ..
+        }) => f.base10_parse::<f64>().ok(),
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(i), ..
+        }) => i.base10_parse::<f64>().ok(),
         _ => None,
     };
     let v = match e {
-        Expr::Unary(ExprUnary { op: UnOp::Neg(_), expr, .. }) => number(strip(expr)).map(|v| -v),
+        Expr::Unary(ExprUnary {
+            op: UnOp::Neg(_),
+            expr,
+            ..
+        }) => number(strip(expr)).map(|v| -v),
         e => number(e),
     };
     match v {
@@ -425,7 +446,9 @@ fn f64_lit(cx: &Ctxt, a: &Arg, example: &str) -> Option<Spanned<f64>> {
 
 fn str_lit<'a>(cx: &Ctxt, a: &'a Arg, example: &str) -> Option<&'a LitStr> {
     match value(cx, a, example)? {
-        Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => Some(s),
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Some(s),
         other => {
             cx.error_spanned(
                 other,
@@ -461,7 +484,10 @@ fn const_expr(cx: &Ctxt, a: &Arg, example: &str) -> Option<Spanned<Expr>> {
         if !matches!(lit, Lit::Int(_)) {
             cx.error_spanned(
                 lit,
-                format!("`{}` expects a `usize` constant expression, e.g. `{example}`", a.name()),
+                format!(
+                    "`{}` expects a `usize` constant expression, e.g. `{example}`",
+                    a.name()
+                ),
             );
             return None;
         }
@@ -472,7 +498,10 @@ fn const_expr(cx: &Ctxt, a: &Arg, example: &str) -> Option<Spanned<Expr>> {
 /// `max_vram = "24 GiB"` or a `usize` constant expression in bytes.
 fn size(cx: &Ctxt, a: &Arg) -> Option<Spanned<Limit>> {
     let e = value(cx, a, "max_vram = \"24 GiB\"")?;
-    if let Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) = e {
+    if let Expr::Lit(ExprLit {
+        lit: Lit::Str(s), ..
+    }) = e
+    {
         return match crate::size::parse(&s.value()) {
             Ok(bytes) => Some(Spanned::new(a, Limit::Bytes(bytes))),
             Err(why) => {

@@ -5,27 +5,28 @@
 //! buffer (digits grouped by spaces, GiB with two decimals), then `panic!("{}", s)` with the
 //! resulting `&str` — which `const` evaluation reports verbatim.
 
-use proc_macro2::{Delimiter, Group, Literal, Span, TokenStream, TokenTree};
+use proc_macro2::{Delimiter, Group, Literal, Span, TokenStream};
 use quote::{quote, ToTokens};
 use syn::GenericParam;
 
 use crate::ast::Input;
 use crate::attr::{Limit, Spanned};
+use crate::expand::respan;
 
 /// One `const _: () = { ... };` per budget of the struct.
 pub fn budgets(input: &Input) -> TokenStream {
     let a = &input.attr;
     let mut out = TokenStream::new();
     if let Some(b) = &a.max_trainable_params {
-        out.extend(check(input, b, "TRAINABLE_PARAMS", false));
+        out.extend(check(input, b, 0, false));
     }
     if let Some(b) = &a.max_vram {
-        out.extend(check(input, b, "VRAM_BYTES", true));
+        out.extend(check(input, b, 5, true));
     }
     out
 }
 
-fn check(input: &Input, budget: &Spanned<Limit>, constant: &str, bytes: bool) -> TokenStream {
+fn check(input: &Input, budget: &Spanned<Limit>, index: usize, bytes: bool) -> TokenStream {
     let name = &input.item.ident;
     let lifetimes = input.item.generics.params.iter().filter_map(|p| match p {
         GenericParam::Lifetime(_) => Some(quote!('static)),
@@ -37,7 +38,6 @@ fn check(input: &Input, budget: &Spanned<Limit>, constant: &str, bytes: bool) ->
     } else {
         quote!(#name<#(#lifetimes),*>)
     };
-    let constant = syn::Ident::new(constant, Span::call_site());
     let limit = match &budget.value {
         Limit::Expr(e) => e.to_token_stream(),
         Limit::Bytes(b) => Literal::u64_unsuffixed(*b).into_token_stream(),
@@ -45,25 +45,39 @@ fn check(input: &Input, budget: &Spanned<Limit>, constant: &str, bytes: bool) ->
     let key = budget.key.to_string();
     let head = format!("adapter budget exceeded for `{name}`: ");
     let message = if bytes {
-        let mid = format!(" bytes) > {key} = ");
+        let mid = format!(") > {key} = ");
         quote! {
-            __Msg::new().s(#head).s("estimated training memory ").n(__VALUE).s(" bytes (")
-                .gib(__VALUE).s(#mid).n(__LIMIT).s(" bytes (").gib(__LIMIT).s(")")
+            __Msg::new().s(#head).s("estimated training memory ").n(__value).s(" bytes (")
+                .gib(__value).s(#mid).n(__LIMIT).s(" bytes (").gib(__LIMIT).s(")")
         }
     } else {
         let mid = format!(" trainable parameters > {key} = ");
-        quote!(__Msg::new().s(#head).n(__VALUE).s(#mid).n(__LIMIT))
+        quote!(__Msg::new().s(#head).n(__value).s(#mid).n(__LIMIT))
     };
+    let unknown = format!("cannot check `{key}` for `{name}`: ");
     let panic = spanned_panic(budget.key.span(), budget.end);
     let writer = writer();
+    // Reads `__ADAPTER_SIZES` rather than the public constant, so that sizes unknown in a nested
+    // struct are also reported here, at the budget.
     quote! {
         const _: () = {
             use ::core::primitive::{str, u8, u128, usize};
             #writer
-            const __VALUE: usize = <#ty>::#constant;
             const __LIMIT: usize = #limit;
-            if __VALUE > __LIMIT {
-                let __m = #message;
+            let __m = match <#ty>::__ADAPTER_SIZES {
+                ::core::result::Result::Ok(__sizes) => {
+                    let __value: usize = __sizes[#index];
+                    if __value > __LIMIT {
+                        ::core::option::Option::Some(#message)
+                    } else {
+                        ::core::option::Option::None
+                    }
+                }
+                ::core::result::Result::Err(__why) => {
+                    ::core::option::Option::Some(__Msg::new().s(#unknown).s(__why))
+                }
+            };
+            if let ::core::option::Option::Some(__m) = __m {
                 match ::core::str::from_utf8(__m.bytes()) {
                     ::core::result::Result::Ok(__s) => #panic,
                     ::core::result::Result::Err(_) => ::core::panic!("adapter budget exceeded"),
@@ -80,23 +94,6 @@ fn spanned_panic(start: Span, end: Span) -> TokenStream {
     let mut args = Group::new(Delimiter::Parenthesis, respan(quote!("{}", __s), start));
     args.set_span(end);
     quote!(#head #args)
-}
-
-/// Sets the span of every token (recursively).
-fn respan(tokens: TokenStream, span: Span) -> TokenStream {
-    tokens
-        .into_iter()
-        .map(|mut tt| {
-            if let TokenTree::Group(g) = &tt {
-                let mut g2 = Group::new(g.delimiter(), respan(g.stream(), span));
-                g2.set_span(span);
-                tt = TokenTree::Group(g2);
-            } else {
-                tt.set_span(span);
-            }
-            tt
-        })
-        .collect()
 }
 
 /// The `const fn` message writer, emitted inside each budget's `const _` block.

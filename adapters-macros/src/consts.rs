@@ -1,16 +1,23 @@
 //! The generated associated constants (`TRAINABLE_PARAMS`, ...). Every number comes from a
 //! `const fn` of `adapters_runtime::estimate`; nothing here re-implements a formula.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned, ToTokens};
+use syn::spanned::Spanned as _;
+use syn::Ident;
 
 use crate::ast::{Input, Layer, Shape};
 use crate::attr::{DType, Method, Role};
 use crate::valid::unknown_reason;
 
-/// Per-field terms of the sums behind the constants.
+/// Per-field terms of the sums behind the constants, plus the `let` bindings they read (each
+/// user expression is evaluated once, so a mistyped dim is reported once).
 #[derive(Default)]
 struct Terms {
+    /// `let __fN_in: usize = (expr);` for every user expression.
+    lets: Vec<TokenStream>,
+    /// Per nested field: the binding of its sizes and the read of `<T>::__ADAPTER_SIZES`.
+    nested: Vec<(Ident, TokenStream)>,
     /// Trainable adapter parameters (nested included).
     trainable: Vec<TokenStream>,
     /// Frozen parameters of this struct's own fields.
@@ -31,68 +38,147 @@ fn sum(terms: &[TokenStream]) -> TokenStream {
     quote!(#(#terms)+*)
 }
 
-/// The inherent impl holding the constants. When a size is unknown at compile time the
-/// constants still exist (so outer structs can name them) but fail to evaluate, naming the field.
+/// A local of the generated code, invisible to the user's expressions (mixed-site hygiene).
+fn local(name: &str) -> Ident {
+    Ident::new(name, Span::mixed_site())
+}
+
+/// The inherent impl holding the constants.
+///
+/// All six numbers are computed once, into the hidden
+/// `__ADAPTER_SIZES: Result<[usize; 6], &'static str>`: `Err` (with a message naming the field)
+/// when some size is unknown at compile time, here or in a nested struct. Outer structs read
+/// their nested types' `__ADAPTER_SIZES`, and the public constants unwrap it, panicking with the
+/// message. rustc evaluates every constant a body *references*, even in unused code, but not
+/// unreferenced constants: so `__ADAPTER_SIZES` itself never fails, and an unknown size only
+/// becomes an error where a public constant is actually used.
 pub fn constants(input: &Input, p: &TokenStream) -> TokenStream {
     let name = &input.item.ident;
     let (impl_g, ty_g, where_c) = input.item.generics.split_for_impl();
     let usize = quote!(::core::primitive::usize);
-    let docs = Docs::new(input);
-    let [d_trainable, d_frozen, d_adapter, d_base, d_act, d_vram] = docs.all();
     let unknown = input
         .fields
         .iter()
         .find_map(|f| unknown_reason(f).map(|why| (f, why)));
-    let body = if let Some((f, why)) = unknown {
-        let span = f
-            .role
-            .as_ref()
-            .map_or_else(|| f.ident.span(), |r| syn::spanned::Spanned::span(r.attr.path()));
-        let msg = format!(
-            "the sizes of `{name}` are not known at compile time: {why}; its constants are available once every `#[adapt]`/`#[frozen]` field has `in`/`out` (or `params`) and every `#[nested]` `Vec` has `count`"
-        );
-        let fail = quote_spanned!(span=> ::core::panic!(#msg));
-        quote! {
-            #d_trainable pub const TRAINABLE_PARAMS: #usize = #fail;
-            #d_frozen pub const FROZEN_PARAMS: #usize = #fail;
-            #d_adapter pub const ADAPTER_BYTES: #usize = #fail;
-            #d_base pub const BASE_BYTES: #usize = #fail;
-            #d_act pub const ACTIVATION_BYTES_PER_TOKEN: #usize = #fail;
-            #d_vram pub const VRAM_BYTES: #usize = #fail;
+    let docs = Docs::new(input, unknown.as_ref().map(|(_, why)| why.as_str()));
+    let (sizes, panic_span) = match &unknown {
+        Some((f, why)) => {
+            let msg = format!(
+                "the sizes of `{name}` are not known at compile time: {why}; its constants are available once every `#[adapt]`/`#[frozen]` field has `in`/`out` (or `params`) and every `#[nested]` `Vec` has `count`"
+            );
+            let span = f
+                .role
+                .as_ref()
+                .map_or_else(|| f.ident.span(), |r| r.attr.path().span());
+            (quote!(::core::result::Result::Err(#msg)), span)
         }
-    } else {
-        let t = terms(input, p);
-        let e = quote!(#p::estimate);
-        let dtype = dtype(input, p);
-        let trainable = sum(&t.trainable);
-        let own_frozen = sum(&t.own_frozen);
-        let nested_frozen = &t.nested_frozen;
-        let nested_base = &t.nested_base;
-        let act = sum(&t.act);
-        let batch_tokens = input
-            .attr
-            .batch_tokens
-            .as_ref()
-            .map_or_else(|| quote!(0), |b| b.value.to_token_stream());
-        quote! {
-            #d_trainable pub const TRAINABLE_PARAMS: #usize = #trainable;
-            #d_frozen pub const FROZEN_PARAMS: #usize = #own_frozen #(+ #nested_frozen)*;
-            #d_adapter pub const ADAPTER_BYTES: #usize = #e::adapter_bytes(Self::TRAINABLE_PARAMS);
-            #d_base pub const BASE_BYTES: #usize =
-                #e::base_bytes(#own_frozen, #dtype) #(+ #nested_base)*;
-            #d_act pub const ACTIVATION_BYTES_PER_TOKEN: #usize = #act;
-            #d_vram pub const VRAM_BYTES: #usize = #e::vram_bytes(
-                #own_frozen,
-                #dtype,
-                Self::TRAINABLE_PARAMS,
-                (#batch_tokens) * Self::ACTIVATION_BYTES_PER_TOKEN,
-            ) #(+ #nested_base)*;
-        }
+        None => (known_sizes(input, p), Span::call_site()),
     };
+    let (s, e) = (local("__s"), local("__e"));
+    let names = [
+        "TRAINABLE_PARAMS",
+        "FROZEN_PARAMS",
+        "ADAPTER_BYTES",
+        "BASE_BYTES",
+        "ACTIVATION_BYTES_PER_TOKEN",
+        "VRAM_BYTES",
+    ];
+    let publics = docs
+        .all()
+        .into_iter()
+        .zip(names)
+        .enumerate()
+        .map(|(i, (doc, c))| {
+            let c = Ident::new(c, Span::call_site());
+            let fail = quote_spanned!(panic_span=> ::core::panic!("{}", #e));
+            quote! {
+                #doc
+                pub const #c: #usize = match Self::__ADAPTER_SIZES {
+                    ::core::result::Result::Ok(#s) => #s[#i],
+                    ::core::result::Result::Err(#e) => #fail,
+                };
+            }
+        });
     quote! {
         #[automatically_derived]
         impl #impl_g #name #ty_g #where_c {
-            #body
+            #(#publics)*
+            /// `[TRAINABLE_PARAMS, FROZEN_PARAMS, ADAPTER_BYTES, BASE_BYTES,
+            /// ACTIVATION_BYTES_PER_TOKEN, VRAM_BYTES]`, or why they are unknown at compile time.
+            #[doc(hidden)]
+            pub const __ADAPTER_SIZES: ::core::result::Result<
+                [#usize; 6],
+                &'static ::core::primitive::str,
+            > = #sizes;
+        }
+    }
+}
+
+/// The `__ADAPTER_SIZES` expression when this struct's own sizes are all known: `Ok` with the
+/// six numbers, or the first nested type's `Err`.
+fn known_sizes(input: &Input, p: &TokenStream) -> TokenStream {
+    let usize = quote!(::core::primitive::usize);
+    let t = terms(input, p);
+    let e = quote!(#p::estimate);
+    let dtype = dtype(input, p);
+    let lets = &t.lets;
+    let trainable = sum(&t.trainable);
+    let own_frozen = sum(&t.own_frozen);
+    let nested_frozen = &t.nested_frozen;
+    let nested_base = sum(&t.nested_base);
+    let act = sum(&t.act);
+    let batch_tokens = input
+        .attr
+        .batch_tokens
+        .as_ref()
+        .map_or_else(|| quote!(0), |b| b.value.to_token_stream());
+    let [tr, fr, nb, ac, bt] = [
+        "__trainable",
+        "__own_frozen",
+        "__nested_base",
+        "__act",
+        "__batch_tokens",
+    ]
+    .map(local);
+    let ok = quote! {
+        ::core::result::Result::Ok({
+            #(#lets)*
+            let #tr: #usize = #trainable;
+            let #fr: #usize = #own_frozen;
+            let #nb: #usize = #nested_base;
+            let #ac: #usize = #act;
+            let #bt: #usize = (#batch_tokens);
+            [
+                #tr,
+                #fr #(+ #nested_frozen)*,
+                #e::adapter_bytes(#tr),
+                #e::base_bytes(#fr, #dtype) + #nb,
+                #ac,
+                #e::vram_bytes(#fr, #dtype, #tr, #bt * #ac) + #nb,
+            ]
+        })
+    };
+    if t.nested.is_empty() {
+        return ok;
+    }
+    let reads = t.nested.iter().map(|(_, read)| read);
+    let ids = t.nested.iter().map(|(id, _)| id);
+    let err = local("__e");
+    let n = t.nested.len();
+    let err_arms = (0..n).map(|i| {
+        let slots = (0..n).map(|j| {
+            if i == j {
+                quote!(::core::result::Result::Err(#err))
+            } else {
+                quote!(_)
+            }
+        });
+        quote!((#(#slots,)*))
+    });
+    quote! {
+        match (#(#reads,)*) {
+            (#(::core::result::Result::Ok(#ids),)*) => #ok,
+            #(#err_arms)|* => ::core::result::Result::Err(#err),
         }
     }
 }
@@ -117,14 +203,20 @@ fn terms(input: &Input, p: &TokenStream) -> Terms {
     let e = quote!(#p::estimate);
     let m = method(input, p);
     let dt = dtype(input, p);
+    let usize = quote!(::core::primitive::usize);
     let mut t = Terms::default();
-    for f in &input.fields {
+    for (n, f) in input.fields.iter().enumerate() {
         let Some(role) = &f.role else { continue };
         let a = &role.args;
-        let dims = a.din.as_ref().zip(a.dout.as_ref()).map(|(i, o)| {
-            let (i, o) = (&i.value, &o.value);
-            (quote!((#i)), quote!((#o)))
-        });
+        let mut bind = |what: &str, expr: &syn::Expr| {
+            let id = local(&format!("__f{n}_{what}"));
+            t.lets.push(quote!(let #id: #usize = (#expr);));
+            id
+        };
+        let dims = match (&a.din, &a.dout) {
+            (Some(i), Some(o)) => Some((bind("in", &i.value), bind("out", &o.value))),
+            _ => None,
+        };
         let bias = a.bias.as_ref().is_some_and(|b| b.value);
         match role.role {
             Role::Adapt => {
@@ -138,22 +230,25 @@ fn terms(input: &Input, p: &TokenStream) -> Terms {
                 t.trainable.push(quote!(#e::adapter_params(#m, #i, #o, #r)));
                 if role.layer == Some(Layer::Embedding) {
                     t.own_frozen.push(quote!(#e::embedding_params(#i, #o)));
-                    t.act.push(quote!(#e::activation_bytes_adapted_embedding(#m, #o, #r, #dt)));
+                    t.act
+                        .push(quote!(#e::activation_bytes_adapted_embedding(#m, #o, #r, #dt)));
                 } else {
                     t.own_frozen.push(quote!(#e::linear_params(#i, #o, #bias)));
-                    t.act.push(quote!(#e::activation_bytes_adapted_linear(#m, #i, #o, #r, #dt)));
+                    t.act
+                        .push(quote!(#e::activation_bytes_adapted_linear(#m, #i, #o, #r, #dt)));
                 }
             }
             Role::Frozen => {
-                if let Some(n) = &a.params {
-                    let n = &n.value;
-                    t.own_frozen.push(quote!((#n)));
+                if let Some(params) = &a.params {
+                    let id = bind("params", &params.value);
+                    t.own_frozen.push(quote!(#id));
                 } else if let Some((i, o)) = dims {
                     if role.layer == Some(Layer::Embedding) {
                         t.own_frozen.push(quote!(#e::embedding_params(#i, #o)));
                     } else {
                         t.own_frozen.push(quote!(#e::linear_params(#i, #o, #bias)));
-                        t.act.push(quote!(#e::activation_bytes_frozen_linear(#i, #dt)));
+                        t.act
+                            .push(quote!(#e::activation_bytes_frozen_linear(#i, #dt)));
                     }
                 }
             }
@@ -163,28 +258,21 @@ fn terms(input: &Input, p: &TokenStream) -> Terms {
                     Some(Shape::Array(ty, len)) => (*ty, quote!((#len))),
                     Some(Shape::Vec(ty)) => match &a.count {
                         Some(c) => {
-                            let c = &c.value;
-                            (*ty, quote!((#c)))
+                            let id = bind("count", &c.value);
+                            (*ty, quote!(#id))
                         }
                         None => continue,
                     },
                     None => continue,
                 };
-                let span = syn::spanned::Spanned::span(elem);
-                let of = |c: &str| {
-                    let c = syn::Ident::new(c, span);
-                    quote_spanned!(span=> <#elem>::#c)
-                };
-                let (tp, fp, bb, ab) = (
-                    of("TRAINABLE_PARAMS"),
-                    of("FROZEN_PARAMS"),
-                    of("BASE_BYTES"),
-                    of("ACTIVATION_BYTES_PER_TOKEN"),
-                );
-                t.trainable.push(quote!(#count * #tp));
-                t.nested_frozen.push(quote!(#count * #fp));
-                t.nested_base.push(quote!(#count * #bb));
-                t.act.push(quote!(#count * #ab));
+                let span = elem.span();
+                let sizes = local(&format!("__f{n}_sizes"));
+                let read = quote_spanned!(span=> <#elem>::__ADAPTER_SIZES);
+                t.nested.push((sizes.clone(), read));
+                t.trainable.push(quote!(#count * #sizes[0]));
+                t.nested_frozen.push(quote!(#count * #sizes[1]));
+                t.nested_base.push(quote!(#count * #sizes[3]));
+                t.act.push(quote!(#count * #sizes[4]));
             }
         }
     }
@@ -193,14 +281,20 @@ fn terms(input: &Input, p: &TokenStream) -> Terms {
 
 /// The rustdoc of each constant.
 struct Docs {
+    unknown: Option<String>,
     name: String,
     dtype: &'static str,
     batch_tokens: String,
 }
 
 impl Docs {
-    fn new(input: &Input) -> Self {
+    fn new(input: &Input, unknown: Option<&str>) -> Self {
         Docs {
+            unknown: unknown.map(|why| {
+                format!(
+                    "\n\n**Not available at compile time**: {why}; using it is a compile error."
+                )
+            }),
             name: input.item.ident.to_string(),
             dtype: match input.attr.dtype.as_ref().map_or(DType::BF16, |d| d.value) {
                 DType::F32 => "f32",
@@ -209,7 +303,12 @@ impl Docs {
             },
             batch_tokens: input.attr.batch_tokens.as_ref().map_or_else(
                 || "not set, so activations count as 0".into(),
-                |b| format!("`batch_tokens = {}`", crate::pretty::pretty(&b.value_tokens)),
+                |b| {
+                    format!(
+                        "`batch_tokens = {}`",
+                        crate::pretty::pretty(&b.value_tokens)
+                    )
+                },
             ),
         }
     }
@@ -227,6 +326,9 @@ impl Docs {
                 self.dtype, self.batch_tokens
             ),
         ]
-        .map(|d| quote!(#[doc = #d]))
+        .map(|d| {
+            let d = format!("{d}{}", self.unknown.as_deref().unwrap_or_default());
+            quote!(#[doc = #d])
+        })
     }
 }

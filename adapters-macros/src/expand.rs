@@ -2,7 +2,7 @@
 //! and its budget checks. On any error the original item comes back (helper attributes removed)
 //! next to the `compile_error!`s, so one mistake does not cascade into unrelated errors.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned as _;
 use syn::{Fields, Ident, Item, Type};
@@ -210,7 +210,12 @@ fn adapter_model(input: &Input, p: &TokenStream) -> TokenStream {
 }
 
 /// The visit of one field (`None` for fields without a helper attribute).
-fn visit_field(input: &Input, field: &Field, p: &TokenStream, mutable: bool) -> Option<TokenStream> {
+fn visit_field(
+    input: &Input,
+    field: &Field,
+    p: &TokenStream,
+    mutable: bool,
+) -> Option<TokenStream> {
     let role = field.role.as_ref()?;
     let ident = field.ident;
     let name = ident.unraw_string();
@@ -258,12 +263,17 @@ fn visit_field(input: &Input, field: &Field, p: &TokenStream, mutable: bool) -> 
             }}
         }
         Role::Nested => {
-            let call = quote_spanned!(span=> #p::AdapterModel::#visit);
+            // Spanned at the field type, so "`T: AdapterModel` is not satisfied" points there.
+            let ps = respan(p.clone(), span);
+            let call = |target: TokenStream, path: &Ident| quote_spanned!(span=> #ps::AdapterModel::#visit(#target, &#path, &mut *#f));
             match role.shape.as_ref()? {
-                Shape::Single(_) => quote! {{
-                    #head
-                    #call(#r self.#ident, &#path, &mut *#f)?;
-                }},
+                Shape::Single(_) => {
+                    let call = call(respan(quote!(#r self.#ident), span), &path);
+                    quote! {{
+                        #head
+                        #call?;
+                    }}
+                }
                 Shape::Vec(_) | Shape::Array(..) => {
                     let check = args.count.as_ref().map(|c| {
                         let c = &c.value;
@@ -274,6 +284,7 @@ fn visit_field(input: &Input, field: &Field, p: &TokenStream, mutable: bool) -> 
                         Ident::new("__item", Span::mixed_site()),
                         Ident::new("__item_path", Span::mixed_site()),
                     );
+                    let call = call(item.to_token_stream(), &item_path);
                     quote! {{
                         #head
                         #check
@@ -284,7 +295,7 @@ fn visit_field(input: &Input, field: &Field, p: &TokenStream, mutable: bool) -> 
                                 &#path,
                                 &::std::string::ToString::to_string(&#i),
                             );
-                            #call(#item, &#item_path, &mut *#f)?;
+                            #call?;
                         }
                     }}
                 }
@@ -302,4 +313,21 @@ impl UnrawString for Ident {
     fn unraw_string(&self) -> String {
         syn::ext::IdentExt::unraw(self).to_string()
     }
+}
+
+/// Sets the span of every token (recursively).
+pub fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tt| {
+            if let TokenTree::Group(g) = &tt {
+                let mut g2 = Group::new(g.delimiter(), respan(g.stream(), span));
+                g2.set_span(span);
+                tt = TokenTree::Group(g2);
+            } else {
+                tt.set_span(span);
+            }
+            tt
+        })
+        .collect()
 }

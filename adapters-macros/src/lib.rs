@@ -13,6 +13,10 @@ mod budget;
 mod consts;
 mod ctxt;
 mod expand;
+#[cfg(test)]
+mod expand_tests;
+#[cfg(test)]
+mod fuzz;
 mod pretty;
 mod size;
 mod suggest;
@@ -67,7 +71,10 @@ use proc_macro::TokenStream;
 /// `const` check per budget.
 #[proc_macro_attribute]
 pub fn adapter(args: TokenStream, input: TokenStream) -> TokenStream {
-    let (args, input) = (proc_macro2::TokenStream::from(args), proc_macro2::TokenStream::from(input));
+    let (args, input) = (
+        proc_macro2::TokenStream::from(args),
+        proc_macro2::TokenStream::from(input),
+    );
     let fallback = input.clone();
     // Defence in depth: the expansion is written not to panic, but if it ever did, the user gets
     // their item back and a readable error rather than "proc macro panicked".

@@ -43,11 +43,14 @@ pub fn parse(s: &str) -> Result<u64, String> {
     if int.is_empty() || frac.contains('.') || frac.len() > 9 {
         return Err(format!("`{number}` is not a number"));
     }
-    let int: u128 = int.parse().map_err(|_| format!("`{number}` is too large"))?;
+    let int: u128 = int
+        .parse()
+        .map_err(|_| format!("`{number}` is too large"))?;
     let frac_value: u128 = if frac.is_empty() {
         0
     } else {
-        frac.parse().map_err(|_| format!("`{number}` is not a number"))?
+        frac.parse()
+            .map_err(|_| format!("`{number}` is not a number"))?
     };
     let scale = 10u128.pow(frac.len() as u32);
     let bytes = int
@@ -74,6 +77,9 @@ mod tests {
         assert!(parse("24 gigs").is_err());
         assert!(parse("1.2.3 GiB").is_err());
         assert!(parse("99999999999999999999999999 TiB").is_err());
-        assert_eq!(parse("24 gib"), Err("`gib` is not a unit; did you mean `GiB`?".into()));
+        assert_eq!(
+            parse("24 gib"),
+            Err("`gib` is not a unit; did you mean `GiB`?".into())
+        );
     }
 }

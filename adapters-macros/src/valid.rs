@@ -50,7 +50,10 @@ fn container(input: &Input, cx: &Ctxt) {
         if !(0.0..1.0).contains(&d.value) {
             cx.error_spanned(
                 &d.tokens,
-                format!("`dropout` must be in [0, 1), got `{}`", pretty(&d.value_tokens)),
+                format!(
+                    "`dropout` must be in [0, 1), got `{}`",
+                    pretty(&d.value_tokens)
+                ),
             );
         }
     }
@@ -59,7 +62,10 @@ fn container(input: &Input, cx: &Ctxt) {
 fn rank(rank: &Option<Spanned<usize>>, cx: &Ctxt) {
     if let Some(r) = rank {
         if r.value == 0 {
-            cx.error_spanned(&r.tokens, "`rank = 0` is not a rank: an adapter needs `rank >= 1`");
+            cx.error_spanned(
+                &r.tokens,
+                "`rank = 0` is not a rank: an adapter needs `rank >= 1`",
+            );
         }
     }
 }
@@ -69,7 +75,10 @@ fn alpha(alpha: &Option<Spanned<f64>>, cx: &Ctxt) {
         if !(a.value.is_finite() && a.value > 0.0) {
             cx.error_spanned(
                 &a.tokens,
-                format!("`alpha` must be finite and > 0, got `{}`", pretty(&a.value_tokens)),
+                format!(
+                    "`alpha` must be finite and > 0, got `{}`",
+                    pretty(&a.value_tokens)
+                ),
             );
         }
     }
@@ -157,11 +166,17 @@ fn pair(f: &Field, cx: &Ctxt) {
         (None, Some(_)) if said("in") => {}
         (Some(d), None) => cx.error_spanned(
             &d.tokens,
-            format!("`#[{attr}]` on `{}` has `in` but no `out`; give both or neither", f.ident),
+            format!(
+                "`#[{attr}]` on `{}` has `in` but no `out`; give both or neither",
+                f.ident
+            ),
         ),
         (None, Some(d)) => cx.error_spanned(
             &d.tokens,
-            format!("`#[{attr}]` on `{}` has `out` but no `in`; give both or neither", f.ident),
+            format!(
+                "`#[{attr}]` on `{}` has `out` but no `in`; give both or neither",
+                f.ident
+            ),
         ),
         _ => {}
     }
@@ -172,7 +187,11 @@ fn no_bias_on_embedding(f: &Field, cx: &Ctxt) {
     if let (Some(Layer::Embedding), Some(b)) = (role.layer, &role.args.bias) {
         cx.error_spanned(
             &b.tokens,
-            format!("`{}` is an embedding, which has no bias; remove `{}`", f.ident, pretty(&b.tokens)),
+            format!(
+                "`{}` is an embedding, which has no bias; remove `{}`",
+                f.ident,
+                pretty(&b.tokens)
+            ),
         );
     }
 }
@@ -182,14 +201,21 @@ pub fn unknown_reason(f: &Field) -> Option<String> {
     let role = f.role.as_ref()?;
     let args = &role.args;
     match role.role {
-        Role::Adapt if args.din.is_none() || args.dout.is_none() => {
-            Some(format!("field `{}` is `#[adapt]` without `in = .., out = ..`", f.ident))
+        Role::Adapt if args.din.is_none() || args.dout.is_none() => Some(format!(
+            "field `{}` is `#[adapt]` without `in = .., out = ..`",
+            f.ident
+        )),
+        Role::Frozen if args.params.is_none() && (args.din.is_none() || args.dout.is_none()) => {
+            Some(format!(
+                "field `{}` is `#[frozen]` without `in = .., out = ..` or `params = N`",
+                f.ident
+            ))
         }
-        Role::Frozen if args.params.is_none() && (args.din.is_none() || args.dout.is_none()) => Some(
-            format!("field `{}` is `#[frozen]` without `in = .., out = ..` or `params = N`", f.ident),
-        ),
         Role::Nested if matches!(role.shape, Some(Shape::Vec(_))) && args.count.is_none() => {
-            Some(format!("field `{}` is a `#[nested]` `Vec` without `count = N`", f.ident))
+            Some(format!(
+                "field `{}` is a `#[nested]` `Vec` without `count = N`",
+                f.ident
+            ))
         }
         _ => None,
     }

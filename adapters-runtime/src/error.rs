@@ -238,6 +238,21 @@ pub enum AdapterError {
         /// What the checkpoint holds.
         actual: String,
     },
+    /// CUDA was asked for, but this binary was built without it.
+    #[error("device `{device}`: this binary was built without the `cuda` feature: rebuild with `--features cuda`")]
+    CudaNotBuilt {
+        /// The device name given (`cuda`, `cuda:1`, …).
+        device: String,
+    },
+    /// CUDA was asked for, but the driver has no usable device (no GPU, wrong ordinal, old driver).
+    #[error("device `{device}`: no CUDA device available: {source}")]
+    CudaUnavailable {
+        /// The device name given.
+        device: String,
+        /// The driver's error.
+        #[source]
+        source: candle_core::Error,
+    },
     /// An error from candle, with the layer it happened in when known.
     #[error("layer `{layer}`: {source}")]
     InLayer {

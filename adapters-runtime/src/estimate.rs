@@ -125,7 +125,11 @@ pub const fn activation_bytes_adapted_linear(
     act: BaseDType,
 ) -> usize {
     let a = act.size_in_bytes();
-    let cast = if a == ADAPTER_PARAM_BYTES { 0 } else { din * ADAPTER_PARAM_BYTES };
+    let cast = if a == ADAPTER_PARAM_BYTES {
+        0
+    } else {
+        din * ADAPTER_PARAM_BYTES
+    };
     let lora = din * a + cast + rank * ADAPTER_PARAM_BYTES + dout * ADAPTER_PARAM_BYTES + dout * a;
     match method {
         Method::Lora => lora,

@@ -8,11 +8,13 @@
 //! * The DoRA norm is computed without the `out × in` matrix ([`layers::dora_norm`]).
 //! * [`estimate`]: the parameter / memory formulas as `const fn`s, shared with the `#[adapter]`
 //!   macro ([`adapter`]) and the CLI.
+//! * [`device()`]: `cpu` / `cuda` / `cuda:N` by name, with a typed error when CUDA is missing.
 //! * [`Adapters`]: whole-model attach / merge / enable / count over an `#[adapter]` struct.
 //! * [`peft`]: PEFT adapter checkpoints both ways ([`save_adapter`], [`load_adapter`]) and merged
 //!   checkpoints ([`merge_checkpoint`]).
 
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod estimate;
 pub mod layers;
@@ -27,11 +29,14 @@ pub use adapters_macros::adapter;
 pub use candle_core;
 pub use candle_nn;
 pub use config::{AdapterConfig, Init};
+pub use device::device;
 pub use error::{AdapterError, Result};
 pub use estimate::{BaseDType, Method};
 pub use layers::{AdaptedEmbedding, AdaptedLinear, Adapter};
 pub use model::{AdapterModel, Adapters, LayerSummary};
-pub use peft::{load_adapter, merge_checkpoint, save_adapter, LoadOptions, MergeOptions, SaveOptions};
+pub use peft::{
+    load_adapter, merge_checkpoint, save_adapter, LoadOptions, MergeOptions, SaveOptions,
+};
 
 /// Items the `#[adapter]` macro's generated code refers to. Not a public API.
 #[doc(hidden)]
@@ -42,7 +47,7 @@ pub mod __private {
     pub use crate::estimate::{BaseDType, Method};
     pub use crate::layers::{AdaptedEmbedding, AdaptedLinear};
     pub use crate::model::{
-        check_count, join_path, AdapterModel, Declared, FieldInfo, FrozenModule, LayerMut, LayerRef,
-        Visitor, VisitorMut,
+        check_count, join_path, AdapterModel, Declared, FieldInfo, FrozenModule, LayerMut,
+        LayerRef, Visitor, VisitorMut,
     };
 }

@@ -40,6 +40,11 @@ pub struct FieldInfo<'a> {
 }
 
 /// A frozen (never adapted) module whose parameters are counted.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a `#[frozen]` field: it does not implement `FrozenModule`",
+    label = "`#[frozen]` needs a type that reports its parameter count",
+    note = "implement `adapters_runtime::model::FrozenModule` for `{Self}` (its parameter count), or leave the field without an attribute"
+)]
 pub trait FrozenModule {
     /// Number of parameters.
     fn frozen_params(&self) -> usize;
@@ -157,6 +162,11 @@ pub type Visitor<'v> = dyn FnMut(&FieldInfo<'_>, LayerRef<'_>) -> Result<()> + '
 pub type VisitorMut<'v> = dyn FnMut(&FieldInfo<'_>, LayerMut<'_>) -> Result<()> + 'v;
 
 /// Implemented by `#[adapter]`: visits every adapted, frozen and nested field in declaration order.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a `#[nested]` field: it is not annotated with `#[adapter(...)]`",
+    label = "`#[nested]` needs a struct annotated with `#[adapter(...)]`",
+    note = "add `#[adapter(lora|dora, rank = .., alpha = ..)]` to `{Self}`, or mark the field `#[frozen]`"
+)]
 pub trait AdapterModel {
     /// Visits the fields, paths prefixed by `prefix` (`""` at the root).
     fn visit_layers(&self, prefix: &str, f: &mut Visitor<'_>) -> Result<()>;
@@ -176,13 +186,22 @@ pub fn join_path(prefix: &str, name: &str) -> String {
 /// Checks a collection's length against its declared `count`.
 pub fn check_count(path: &str, expected: usize, actual: usize) -> Result<()> {
     if expected != actual {
-        return Err(AdapterError::CountMismatch { path: path.into(), expected, actual });
+        return Err(AdapterError::CountMismatch {
+            path: path.into(),
+            expected,
+            actual,
+        });
     }
     Ok(())
 }
 
 /// Checks a field's loaded dimensions against its declaration.
-fn check_declared(info: &FieldInfo<'_>, dims: Option<(usize, usize)>, params: usize, bias: bool) -> Result<()> {
+fn check_declared(
+    info: &FieldInfo<'_>,
+    dims: Option<(usize, usize)>,
+    params: usize,
+    bias: bool,
+) -> Result<()> {
     match info.declared {
         Declared::Unknown => Ok(()),
         Declared::Params(n) if n != params => Err(AdapterError::ParamCountMismatch {
@@ -205,7 +224,11 @@ fn check_declared(info: &FieldInfo<'_>, dims: Option<(usize, usize)>, params: us
                 return Err(AdapterError::InvalidState {
                     layer: info.path.into(),
                     op: "attach",
-                    reason: format!("declared bias = {}, but the loaded layer has{} a bias", info.bias, if bias { "" } else { " no" }),
+                    reason: format!(
+                        "declared bias = {}, but the loaded layer has{} a bias",
+                        info.bias,
+                        if bias { "" } else { " no" }
+                    ),
                 });
             }
             Ok(())
@@ -268,14 +291,18 @@ pub trait Adapters: AdapterModel {
                 LayerMut::Linear { layer, config } => {
                     let path = layer_path(layer.path(), info);
                     layer.set_path(path.clone());
-                    let Some(config) = plan(&path, config) else { return Ok(()) };
+                    let Some(config) = plan(&path, config) else {
+                        return Ok(());
+                    };
                     layer.attach(config, seed)?;
                     (path, layer.named_vars())
                 }
                 LayerMut::Embedding { layer, config } => {
                     let path = layer_path(layer.path(), info);
                     layer.set_path(path.clone());
-                    let Some(config) = plan(&path, config) else { return Ok(()) };
+                    let Some(config) = plan(&path, config) else {
+                        return Ok(());
+                    };
                     layer.attach(config, seed)?;
                     (path, layer.named_vars())
                 }
@@ -300,9 +327,12 @@ pub trait Adapters: AdapterModel {
                 layer.frozen_params(),
                 false,
             ),
-            LayerRef::Frozen { module } => {
-                check_declared(info, module.dims_in_out(), module.frozen_params(), module.has_bias())
-            }
+            LayerRef::Frozen { module } => check_declared(
+                info,
+                module.dims_in_out(),
+                module.frozen_params(),
+                module.has_bias(),
+            ),
         })
     }
 
@@ -352,8 +382,12 @@ pub trait Adapters: AdapterModel {
         let mut out = Vec::new();
         let _ = self.visit_layers("", &mut |info, layer| {
             let (path, vars) = match layer {
-                LayerRef::Linear { layer, .. } => (layer_path(layer.path(), info), layer.named_vars()),
-                LayerRef::Embedding { layer, .. } => (layer_path(layer.path(), info), layer.named_vars()),
+                LayerRef::Linear { layer, .. } => {
+                    (layer_path(layer.path(), info), layer.named_vars())
+                }
+                LayerRef::Embedding { layer, .. } => {
+                    (layer_path(layer.path(), info), layer.named_vars())
+                }
                 LayerRef::Frozen { .. } => return Ok(()),
             };
             out.extend(vars.into_iter().map(|(k, v)| (format!("{path}.{k}"), v)));
@@ -364,7 +398,10 @@ pub trait Adapters: AdapterModel {
 
     /// Every trainable tensor, for an optimizer.
     fn trainable_vars(&self) -> Vec<Var> {
-        self.named_trainable_vars().into_iter().map(|(_, v)| v).collect()
+        self.named_trainable_vars()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
     }
 
     /// Merges every adapter into its base weight.
@@ -379,7 +416,9 @@ pub trait Adapters: AdapterModel {
 
     /// Enables or disables every adapter (disabled: the base model's output).
     fn set_adapters_enabled(&mut self, enabled: bool) -> Result<()> {
-        self.for_each_adapted(&mut |l| l.set_enabled(enabled), &mut |e| e.set_enabled(enabled))
+        self.for_each_adapted(&mut |l| l.set_enabled(enabled), &mut |e| {
+            e.set_enabled(enabled)
+        })
     }
 
     /// Training mode for every adapter (dropout on the adapter input).
@@ -440,15 +479,22 @@ pub trait Adapters: AdapterModel {
 
 impl<T: AdapterModel + ?Sized> Adapters for T {}
 
-fn register(varmap: &VarMap, seen: &mut HashSet<String>, (path, vars): (String, Vec<(String, Var)>)) -> Result<()> {
+fn register(
+    varmap: &VarMap,
+    seen: &mut HashSet<String>,
+    (path, vars): (String, Vec<(String, Var)>),
+) -> Result<()> {
     if !seen.insert(path.clone()) {
         return Err(AdapterError::DuplicatePath { path });
     }
-    let mut data = varmap.data().lock().map_err(|_| AdapterError::InvalidState {
-        layer: path.clone(),
-        op: "register",
-        reason: "the VarMap's lock is poisoned".into(),
-    })?;
+    let mut data = varmap
+        .data()
+        .lock()
+        .map_err(|_| AdapterError::InvalidState {
+            layer: path.clone(),
+            op: "register",
+            reason: "the VarMap's lock is poisoned".into(),
+        })?;
     for (k, v) in vars {
         data.insert(format!("{path}.{k}"), v);
     }

@@ -1,16 +1,19 @@
 //! Helpers shared by the integration tests: fixture loading and numeric comparison.
 #![allow(dead_code)]
 
+mod device;
+pub use device::{fixtures_root, test_device};
+
 use adapters_runtime::candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-/// `tests/fixtures/peft/<case>`.
+/// `tests/fixtures/peft/<case>` (under `ADAPTERS_FIXTURES` when set).
 pub fn fixture_dir(case: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft").join(case)
+    fixtures_root().join("peft").join(case)
 }
 
-/// Loads a safetensors file of a fixture case onto the CPU.
+/// Loads a safetensors file of a fixture case onto the CPU (reference values stay there).
 pub fn load(case: &str, file: &str) -> HashMap<String, Tensor> {
     let path = fixture_dir(case).join(file);
     adapters_runtime::candle_core::safetensors::load(&path, &Device::Cpu)
@@ -23,13 +26,34 @@ pub fn case_json(case: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
-/// `max |a − b| / max |b|`, computed in f64.
+/// `max |a − b| / max |b|`, computed in f64 on the CPU (either may live on the test device).
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    let diff = (&a - &b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
-    let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+    let a = a
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let b = b
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let diff = (&a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     diff / scale.max(1e-300)
 }
 
@@ -43,15 +67,23 @@ pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
     assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
 }
 
-/// A deterministic pseudo-random tensor with entries in [-scale, scale).
+/// A deterministic pseudo-random tensor with entries in [-scale, scale), on the test device.
 pub fn rand_tensor(seed: u64, dims: &[usize], scale: f64, dtype: DType) -> Tensor {
     let n: usize = dims.iter().product();
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let v: Vec<f64> = (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
         })
         .collect();
-    Tensor::from_vec(v, dims, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    let t = Tensor::from_vec(v, dims, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
+    t.to_device(&test_device()).unwrap()
 }

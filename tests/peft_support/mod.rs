@@ -2,6 +2,10 @@
 //! hand as `AdapterModel`s (no macro), and file helpers.
 #![allow(dead_code)]
 
+#[path = "../common/device.rs"]
+mod device;
+pub use device::{fixtures_root, test_device};
+
 use adapters_runtime::candle_core::{DType, Device, Tensor};
 use adapters_runtime::model::{
     join_path, AdapterModel, Declared, FieldInfo, LayerMut, LayerRef, Visitor, VisitorMut,
@@ -11,11 +15,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// `tests/fixtures/peft/<case>`.
+/// `tests/fixtures/peft/<case>` (under `ADAPTERS_FIXTURES` when set).
 pub fn fixture(case: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/peft")
-        .join(case)
+    fixtures_root().join("peft").join(case)
 }
 
 /// A fresh folder under the system temp folder, removed on drop.
@@ -86,11 +88,19 @@ pub fn save(tensors: &HashMap<String, Tensor>, path: &Path) {
     adapters_runtime::candle_core::safetensors::save(tensors, path).unwrap();
 }
 
-/// `max |a − b| / max |b|`, in f64.
+/// `max |a − b| / max |b|`, in f64 on the CPU.
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
+    let a = a
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let b = b
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
     let diff = (&a - &b)
         .unwrap()
         .abs()
@@ -159,11 +169,14 @@ fn info(path: &str, bias: bool) -> FieldInfo<'_> {
     }
 }
 
+/// `t` in `dt` on the test device.
+fn on_device(t: &Tensor, dt: DType) -> Tensor {
+    t.to_dtype(dt).unwrap().to_device(&test_device()).unwrap()
+}
+
 fn bare_linear(base: &HashMap<String, Tensor>, name: &str, dt: DType) -> AdaptedLinear {
-    let w = base[&format!("{name}.weight")].to_dtype(dt).unwrap();
-    let b = base
-        .get(&format!("{name}.bias"))
-        .map(|b| b.to_dtype(dt).unwrap());
+    let w = on_device(&base[&format!("{name}.weight")], dt);
+    let b = base.get(&format!("{name}.bias")).map(|b| on_device(b, dt));
     AdaptedLinear::new(w, b)
 }
 
@@ -195,7 +208,7 @@ impl CaseModel {
         let base = load(&fixture(case).join("base.safetensors"));
         if let Some(e) = base.get("emb.weight") {
             CaseModel::Emb(EmbMlp {
-                emb: AdaptedEmbedding::new(e.to_dtype(dt).unwrap()),
+                emb: AdaptedEmbedding::new(on_device(e, dt)),
                 fc1: bare_linear(&base, "fc1", dt),
                 cfg_emb: cfg,
                 cfg_fc1: cfg,
@@ -216,12 +229,15 @@ impl CaseModel {
         match self {
             CaseModel::Mlp(m) => {
                 let dt = m.fc1.weight().dtype();
-                let x = x.to_dtype(dt).unwrap();
+                let x = on_device(x, dt);
                 m.fc2
                     .forward(&m.fc1.forward(&x).unwrap().silu().unwrap())
                     .unwrap()
             }
-            CaseModel::Emb(m) => m.fc1.forward(&m.emb.forward(x).unwrap()).unwrap(),
+            CaseModel::Emb(m) => {
+                let ids = on_device(x, x.dtype());
+                m.fc1.forward(&m.emb.forward(&ids).unwrap()).unwrap()
+            }
         }
     }
 
@@ -350,8 +366,11 @@ impl Projections {
             }
         }
         let embed = embed.map(|c| {
-            let e = AdaptedEmbedding::new(base["model.embed_tokens.weight"].clone())
-                .with_path("model.embed_tokens");
+            let e = AdaptedEmbedding::new({
+                let t = &base["model.embed_tokens.weight"];
+                on_device(t, t.dtype())
+            })
+            .with_path("model.embed_tokens");
             (e, c)
         });
         Projections { layers, embed }
@@ -433,7 +452,9 @@ pub fn rand_tensor(seed: u64, dims: &[usize], scale: f64, dtype: DType) -> Tenso
 pub fn perturb<M: adapters_runtime::Adapters + ?Sized>(model: &M, seed: u64, scale: f64) {
     for (i, (name, var)) in model.named_trainable_vars().into_iter().enumerate() {
         let t = var.as_tensor();
-        let noise = rand_tensor(seed + i as u64, t.dims(), scale, t.dtype());
+        let noise = rand_tensor(seed + i as u64, t.dims(), scale, t.dtype())
+            .to_device(t.device())
+            .unwrap();
         let v = if name.ends_with("lora_magnitude_vector") {
             (t + noise).unwrap()
         } else {

@@ -2,7 +2,11 @@
 //! (implementing `AdapterModel` by hand), deterministic tensors and scratch folders.
 #![allow(dead_code)]
 
-use adapters_runtime::candle_core::{DType, Device, Tensor};
+#[path = "../common/device.rs"]
+mod device;
+pub use device::test_device;
+
+use adapters_runtime::candle_core::{DType, Tensor};
 use adapters_runtime::candle_nn::VarMap;
 use adapters_runtime::model::{
     join_path, AdapterModel, Declared, FieldInfo, LayerMut, LayerRef, Visitor, VisitorMut,
@@ -11,7 +15,7 @@ use adapters_runtime::train::Batch;
 use adapters_runtime::{AdaptedLinear, AdapterConfig, Adapters, Result};
 use std::path::PathBuf;
 
-/// A deterministic pseudo-random tensor in `[-scale, scale)`.
+/// A deterministic pseudo-random tensor in `[-scale, scale)`, on the test device.
 pub fn tensor(seed: u64, dims: &[usize], scale: f32) -> Tensor {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let n: usize = dims.iter().product();
@@ -23,7 +27,7 @@ pub fn tensor(seed: u64, dims: &[usize], scale: f32) -> Tensor {
             ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
         })
         .collect();
-    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    Tensor::from_vec(v, dims, &test_device()).unwrap()
 }
 
 /// `embed (frozen) → fc1 (DoRA, dropout 0.1) → tanh → fc2 (LoRA)`: logits over `vocab`.

@@ -4,7 +4,13 @@ use adapters_runtime::candle_nn::{Embedding, Linear};
 
 const H: usize = 4096;
 
-#[adapter(dora, rank = 16, alpha = 32.0, batch_tokens = 4096, max_vram = "10 GiB")]
+#[adapter(
+    dora,
+    rank = 16,
+    alpha = 32.0,
+    batch_tokens = 4096,
+    max_vram = "10 GiB"
+)]
 pub struct Model {
     #[frozen(params = 32_000 * H)]
     pub embed: Embedding,

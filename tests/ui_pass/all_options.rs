@@ -26,7 +26,14 @@ pub struct Model {
     pub v_proj: Linear,
 }
 
-#[adapter(lora, rank = 8, alpha = 16.0, rslora = false, dtype = "f32", max_vram = "1.5 MiB")]
+#[adapter(
+    lora,
+    rank = 8,
+    alpha = 16.0,
+    rslora = false,
+    dtype = "f32",
+    max_vram = "1.5 MiB"
+)]
 pub struct Small {
     #[adapt(in = 64, out = 64)]
     pub q_proj: Linear,

@@ -28,7 +28,13 @@ mod user {
     }
     fn join_path() {}
 
-    #[adapter(dora, rank = 4, alpha = 8.0, max_trainable_params = 100_000, max_vram = "1 MiB")]
+    #[adapter(
+        dora,
+        rank = 4,
+        alpha = 8.0,
+        max_trainable_params = 100_000,
+        max_vram = "1 MiB"
+    )]
     pub struct Model {
         #[adapt(in = 16, out = 32)]
         pub r#in: Linear,

@@ -16,7 +16,13 @@ pub struct Attention {
     pub o_proj: Linear,
 }
 
-#[adapter(lora, rank = 8, alpha = 16.0, max_trainable_params = 60_000_000, max_vram = "24 GiB")]
+#[adapter(
+    lora,
+    rank = 8,
+    alpha = 16.0,
+    max_trainable_params = 60_000_000,
+    max_vram = "24 GiB"
+)]
 pub struct Model {
     #[frozen(params = 32_000 * H)]
     pub embed: Embedding,
@@ -30,6 +36,10 @@ const _: () = assert!(Model::TRAINABLE_PARAMS < 1 << 30);
 const _: () = assert!(Model::VRAM_BYTES < 24 << 30);
 
 fn main() {
-    let sizes = [Model::TRAINABLE_PARAMS, Model::FROZEN_PARAMS, Model::BASE_BYTES];
+    let sizes = [
+        Model::TRAINABLE_PARAMS,
+        Model::FROZEN_PARAMS,
+        Model::BASE_BYTES,
+    ];
     assert_eq!(sizes, [5_668_864, 1_470_103_552, 2_940_207_104]);
 }

@@ -21,4 +21,13 @@ pub struct Model {
     pub layers: Vec<Block>,
 }
 
+/// Sizes known here but not in the nested struct: still compiles while the constants are unused.
+#[adapter(lora, rank = 8, alpha = 16.0)]
+pub struct Outer {
+    #[nested(count = 2)]
+    pub blocks: Vec<Block>,
+    #[adapt(in = 8, out = 8)]
+    pub head: Linear,
+}
+
 fn main() {}

@@ -121,7 +121,7 @@ fn run(cli: Cli) -> adapters_runtime::Result<()> {
             dtype,
             batch_tokens,
         } => {
-            let cfg = LlamaConfig::read(&config)?;
+            let cfg = LlamaConfig::from_file(&config)?;
             let request = EstimateRequest {
                 method: match method {
                     MethodArg::Lora => Method::Lora,

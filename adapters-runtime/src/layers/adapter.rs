@@ -118,7 +118,9 @@ impl Adapter {
 
     /// Trainable parameter count.
     pub fn trainable_params(&self) -> usize {
-        self.a.elem_count() + self.b.elem_count() + self.magnitude.as_ref().map_or(0, |m| m.elem_count())
+        self.a.elem_count()
+            + self.b.elem_count()
+            + self.magnitude.as_ref().map_or(0, |m| m.elem_count())
     }
 
     /// Whether the adapter path runs in `forward`.
@@ -171,7 +173,11 @@ impl Adapter {
 
     /// `s·B·A` (`[out, in]`), detached — for merging only.
     pub(crate) fn delta(&self) -> candle_core::Result<Tensor> {
-        self.b.as_tensor().detach().matmul(&self.a.as_tensor().detach())? * self.scaling
+        self.b
+            .as_tensor()
+            .detach()
+            .matmul(&self.a.as_tensor().detach())?
+            * self.scaling
     }
 
     pub(crate) fn is_dora(&self) -> bool {

@@ -35,13 +35,21 @@ impl From<candle_nn::Embedding> for AdaptedEmbedding {
 impl AdaptedEmbedding {
     /// A bare (not yet adapted) embedding over `table [vocab, dim]`.
     pub fn new(table: Tensor) -> Self {
-        Self { path: None, table: table.detach(), adapter: None }
+        Self {
+            path: None,
+            table: table.detach(),
+            adapter: None,
+        }
     }
 
     /// An embedding whose table is trained directly (full training, e.g. pretraining): pass a
     /// `Var`'s tensor; lookups then carry its gradient.
     pub fn new_trainable(table: Tensor) -> Self {
-        Self { path: None, table, adapter: None }
+        Self {
+            path: None,
+            table,
+            adapter: None,
+        }
     }
 
     /// Records the checkpoint path of the table (without `.weight`), e.g. `model.embed_tokens`.
@@ -107,7 +115,8 @@ impl AdaptedEmbedding {
         let dev = self.table.device().clone();
         let seed = init::layer_seed(seed, &name);
         let a = Tensor::zeros((config.rank, self.vocab_size()), dt, &dev)?;
-        let b = init::lora_embedding_b(config.rank, self.hidden_size(), seed, dt, &dev).in_layer(&name)?;
+        let b = init::lora_embedding_b(config.rank, self.hidden_size(), seed, dt, &dev)
+            .in_layer(&name)?;
         self.install(config, a, b, None, seed)
     }
 
@@ -185,9 +194,9 @@ impl AdaptedEmbedding {
     /// The trainable tensors with their PEFT names (`lora_embedding_A`, `lora_embedding_B`,
     /// `lora_magnitude_vector`). Empty when bare.
     pub fn named_vars(&self) -> Vec<(String, Var)> {
-        self.adapter
-            .as_ref()
-            .map_or_else(Vec::new, |a| a.named_vars("lora_embedding_A", "lora_embedding_B"))
+        self.adapter.as_ref().map_or_else(Vec::new, |a| {
+            a.named_vars("lora_embedding_A", "lora_embedding_B")
+        })
     }
 
     /// Frozen parameters: the table.
@@ -198,7 +207,12 @@ impl AdaptedEmbedding {
     /// Trainable parameters (0 when bare); equals [`estimate::adapter_params`] with in = vocab.
     pub fn trainable_params(&self) -> usize {
         self.adapter.as_ref().map_or(0, |a| {
-            estimate::adapter_params(a.config.method, self.vocab_size(), self.hidden_size(), a.config.rank)
+            estimate::adapter_params(
+                a.config.method,
+                self.vocab_size(),
+                self.hidden_size(),
+                a.config.rank,
+            )
         })
     }
 
@@ -210,7 +224,10 @@ impl AdaptedEmbedding {
         let layer = self.name().to_string();
         self.adapter
             .as_mut()
-            .ok_or(AdapterError::NotAttached { layer, op: "set_enabled" })?
+            .ok_or(AdapterError::NotAttached {
+                layer,
+                op: "set_enabled",
+            })?
             .enabled = enabled;
         Ok(())
     }
@@ -238,9 +255,16 @@ impl AdaptedEmbedding {
     /// Folds the adapter into the table.
     pub fn merge(&mut self) -> Result<()> {
         let name = self.name().to_string();
-        let ad = self.adapter.as_ref().ok_or(AdapterError::NotAttached { layer: name.clone(), op: "merge" })?;
+        let ad = self.adapter.as_ref().ok_or(AdapterError::NotAttached {
+            layer: name.clone(),
+            op: "merge",
+        })?;
         if ad.merged {
-            return Err(AdapterError::InvalidState { layer: name, op: "merge", reason: "already merged".into() });
+            return Err(AdapterError::InvalidState {
+                layer: name,
+                op: "merge",
+                reason: "already merged".into(),
+            });
         }
         let (table, norm) = self.merged_table(ad).in_layer(&name)?;
         self.table = table;
@@ -254,9 +278,16 @@ impl AdaptedEmbedding {
     /// Restores the original table from the merged one (to floating-point tolerance).
     pub fn unmerge(&mut self) -> Result<()> {
         let name = self.name().to_string();
-        let ad = self.adapter.as_ref().ok_or(AdapterError::NotAttached { layer: name.clone(), op: "unmerge" })?;
+        let ad = self.adapter.as_ref().ok_or(AdapterError::NotAttached {
+            layer: name.clone(),
+            op: "unmerge",
+        })?;
         if !ad.merged {
-            return Err(AdapterError::InvalidState { layer: name, op: "unmerge", reason: "not merged".into() });
+            return Err(AdapterError::InvalidState {
+                layer: name,
+                op: "unmerge",
+                reason: "not merged".into(),
+            });
         }
         let restore = || -> candle_core::Result<Tensor> {
             let t = self.table.to_dtype(ad.dtype())?;

@@ -47,7 +47,13 @@ impl AdaptedLinear {
     /// base model): `weight` and `bias` keep their graph identity (pass `Var`s' tensors) and the
     /// forward uses a plain matmul, so they receive gradients. Adapters can still be attached.
     pub fn new_trainable(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { path: None, weight, bias, adapter: None, trainable_base: true }
+        Self {
+            path: None,
+            weight,
+            bias,
+            adapter: None,
+            trainable_base: true,
+        }
     }
 
     /// Whether the base weight receives gradients (see [`AdaptedLinear::new_trainable`]).
@@ -203,7 +209,10 @@ impl AdaptedLinear {
         let ad = self
             .adapter
             .as_ref()
-            .ok_or_else(|| AdapterError::NotAttached { layer: name.into(), op: "weight_norm" })?;
+            .ok_or_else(|| AdapterError::NotAttached {
+                layer: name.into(),
+                op: "weight_norm",
+            })?;
         if ad.merged || !ad.is_dora() {
             return Err(AdapterError::InvalidState {
                 layer: name.into(),
@@ -230,7 +239,12 @@ impl AdaptedLinear {
     /// Trainable parameters (0 when bare); equals [`estimate::adapter_params`].
     pub fn trainable_params(&self) -> usize {
         self.adapter.as_ref().map_or(0, |a| {
-            estimate::adapter_params(a.config.method, self.in_features(), self.out_features(), a.config.rank)
+            estimate::adapter_params(
+                a.config.method,
+                self.in_features(),
+                self.out_features(),
+                a.config.rank,
+            )
         })
     }
 
@@ -255,9 +269,16 @@ impl AdaptedLinear {
     /// computed in the adapter dtype and stored in the base dtype.
     pub fn merge(&mut self) -> Result<()> {
         let name = self.name().to_string();
-        let ad = self.adapter.as_ref().ok_or(AdapterError::NotAttached { layer: name.clone(), op: "merge" })?;
+        let ad = self.adapter.as_ref().ok_or(AdapterError::NotAttached {
+            layer: name.clone(),
+            op: "merge",
+        })?;
         if ad.merged {
-            return Err(AdapterError::InvalidState { layer: name, op: "merge", reason: "already merged".into() });
+            return Err(AdapterError::InvalidState {
+                layer: name,
+                op: "merge",
+                reason: "already merged".into(),
+            });
         }
         let (merged, norm) = self.merged_weight(ad).in_layer(&name)?;
         self.weight = merged;
@@ -284,9 +305,16 @@ impl AdaptedLinear {
     /// Restores `W0` from the merged weight (to floating-point tolerance).
     pub fn unmerge(&mut self) -> Result<()> {
         let name = self.name().to_string();
-        let ad = self.adapter.as_ref().ok_or(AdapterError::NotAttached { layer: name.clone(), op: "unmerge" })?;
+        let ad = self.adapter.as_ref().ok_or(AdapterError::NotAttached {
+            layer: name.clone(),
+            op: "unmerge",
+        })?;
         if !ad.merged {
-            return Err(AdapterError::InvalidState { layer: name, op: "unmerge", reason: "not merged".into() });
+            return Err(AdapterError::InvalidState {
+                layer: name,
+                op: "unmerge",
+                reason: "not merged".into(),
+            });
         }
         let restore = || -> candle_core::Result<Tensor> {
             let dt = ad.dtype();
@@ -371,14 +399,26 @@ impl AdaptedLinear {
     }
 
     /// The adapted output before the bias, given the base product `x·W0ᵀ`.
-    fn adapted(&self, ad: &Adapter, x: &Tensor, base: Tensor, train: bool) -> candle_core::Result<Tensor> {
+    fn adapted(
+        &self,
+        ad: &Adapter,
+        x: &Tensor,
+        base: Tensor,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
         let act = x.dtype();
         let dropout = ad.dropout_active(train);
-        let xd = if dropout { ad.apply_dropout(x)? } else { x.clone() };
+        let xd = if dropout {
+            ad.apply_dropout(x)?
+        } else {
+            x.clone()
+        };
         // One cast in, one cast out: the adapter path runs in the adapter dtype.
         let din = self.in_features();
         let xa = xd.reshape(((), din))?.to_dtype(ad.dtype())?;
-        let lora = xa.matmul(&ad.a.as_tensor().t()?)?.matmul(&ad.b.as_tensor().t()?)?;
+        let lora = xa
+            .matmul(&ad.a.as_tensor().t()?)?
+            .matmul(&ad.b.as_tensor().t()?)?;
         let lora = (lora * ad.scaling)?.to_dtype(act)?.reshape(base.shape())?;
         if !ad.is_dora() {
             return base + lora;

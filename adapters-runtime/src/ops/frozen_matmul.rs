@@ -6,7 +6,9 @@
 //! its only graph input is `x`, and its backward returns `grad · W0`.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, MetalStorage, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, Layout, MetalStorage, Shape, Storage, Tensor,
+};
 
 /// The op: `x [m, k] ↦ x · Wᵀ [m, n]` with `W [n, k]` frozen.
 #[derive(Clone, Debug)]

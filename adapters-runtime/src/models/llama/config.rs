@@ -87,47 +87,81 @@ fn default_max_pos() -> usize {
 }
 
 impl LlamaConfig {
-    /// Reads and checks a `config.json`.
+    /// Reads and checks a `config.json`; a multimodal config's `text_config` is used when the top
+    /// level has no `hidden_size`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| AdapterError::Io {
             what: "reading model config".into(),
             path: path.into(),
             source,
         })?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|source| AdapterError::Json { path: path.into(), source })?;
-        cfg.validate().map_err(|(field, expected, actual)| AdapterError::Config {
+        let json = |source| AdapterError::Json {
             path: path.into(),
-            field: field.into(),
-            expected,
-            actual,
-        })?;
+            source,
+        };
+        let mut value: serde_json::Value = serde_json::from_str(&text).map_err(json)?;
+        if value.get("hidden_size").is_none() {
+            if let Some(inner) = value.get_mut("text_config").map(serde_json::Value::take) {
+                value = inner;
+            }
+        }
+        let cfg: Self = serde_json::from_value(value).map_err(json)?;
+        cfg.validate()
+            .map_err(|(field, expected, actual)| AdapterError::Config {
+                path: path.into(),
+                field: field.into(),
+                expected,
+                actual,
+            })?;
         Ok(cfg)
     }
 
     /// Checks that the dimensions fit together; the error is `(field, expected, actual)`.
     pub fn validate(&self) -> std::result::Result<(), (&'static str, String, String)> {
+        for (field, v) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("vocab_size", self.vocab_size),
+        ] {
+            if v == 0 {
+                return Err((field, "at least 1".into(), "0".into()));
+            }
+        }
         let nh = self.num_attention_heads;
         let nkv = self.kv_heads();
-        if nh == 0 || nkv == 0 || nh % nkv != 0 {
+        if nh == 0 || nkv == 0 || !nh.is_multiple_of(nkv) {
             return Err((
                 "num_attention_heads",
                 format!("a positive multiple of num_key_value_heads = {nkv}"),
                 nh.to_string(),
             ));
         }
-        if self.head_dim.is_none() && self.hidden_size % nh != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(nh) {
             return Err((
-                "hidden_size",
-                format!("a multiple of num_attention_heads = {nh} (or an explicit head_dim)"),
-                self.hidden_size.to_string(),
+                "num_attention_heads",
+                format!(
+                    "a divisor of hidden_size = {} (or a head_dim field)",
+                    self.hidden_size
+                ),
+                nh.to_string(),
             ));
         }
-        if self.head_dim() % 2 != 0 {
-            return Err(("head_dim", "an even number (RoPE rotates pairs)".into(), self.head_dim().to_string()));
+        if !self.head_dim().is_multiple_of(2) {
+            return Err((
+                "head_dim",
+                "an even number (RoPE rotates pairs)".into(),
+                self.head_dim().to_string(),
+            ));
         }
         match self.rope().rope_type.as_deref() {
             None | Some("default") | Some("llama3") => Ok(()),
-            Some(other) => Err(("rope_type", "`default` or `llama3`".into(), format!("`{other}`"))),
+            Some(other) => Err((
+                "rope_type",
+                "`default` or `llama3`".into(),
+                format!("`{other}`"),
+            )),
         }
     }
 
@@ -138,12 +172,17 @@ impl LlamaConfig {
 
     /// Per-head width.
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     /// RoPE parameters merged from `rope_parameters`, `rope_scaling` and `rope_theta`.
     pub fn rope(&self) -> RopeParameters {
-        let mut p = self.rope_parameters.clone().or_else(|| self.rope_scaling.clone()).unwrap_or_default();
+        let mut p = self
+            .rope_parameters
+            .clone()
+            .or_else(|| self.rope_scaling.clone())
+            .unwrap_or_default();
         if p.rope_theta.is_none() {
             p.rope_theta = self.rope_theta.or(Some(10_000.0));
         }

@@ -24,10 +24,20 @@ pub enum BaseMode {
     Trainable,
 }
 
-fn linear(din: usize, dout: usize, bias: bool, vb: VarBuilder, mode: BaseMode) -> candle_core::Result<AdaptedLinear> {
+fn linear(
+    din: usize,
+    dout: usize,
+    bias: bool,
+    vb: VarBuilder,
+    mode: BaseMode,
+) -> candle_core::Result<AdaptedLinear> {
     let path = vb.prefix();
     let w = vb.get((dout, din), "weight")?;
-    let b = if bias { Some(vb.get(dout, "bias")?) } else { None };
+    let b = if bias {
+        Some(vb.get(dout, "bias")?)
+    } else {
+        None
+    };
     let layer = match mode {
         BaseMode::Frozen => AdaptedLinear::new(w, b),
         BaseMode::Trainable => AdaptedLinear::new_trainable(w, b),
@@ -53,8 +63,18 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn load(cfg: &LlamaConfig, vb: VarBuilder, rope: Arc<Rope>, mode: BaseMode) -> candle_core::Result<Self> {
-        let (h, hd, nh, nkv) = (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.kv_heads());
+    fn load(
+        cfg: &LlamaConfig,
+        vb: VarBuilder,
+        rope: Arc<Rope>,
+        mode: BaseMode,
+    ) -> candle_core::Result<Self> {
+        let (h, hd, nh, nkv) = (
+            cfg.hidden_size,
+            cfg.head_dim(),
+            cfg.num_attention_heads,
+            cfg.kv_heads(),
+        );
         let b = cfg.attention_bias;
         Ok(Self {
             q_proj: linear(h, nh * hd, b, vb.pp("q_proj"), mode)?,
@@ -70,9 +90,17 @@ impl Attention {
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous();
-        let q = self.rope.apply(&heads(self.q_proj.forward(x)?, self.n_heads)?)?;
-        let k = self.rope.apply(&heads(self.k_proj.forward(x)?, self.n_kv_heads)?)?;
+        let heads = |y: Tensor, n: usize| {
+            y.reshape((b, t, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = self
+            .rope
+            .apply(&heads(self.q_proj.forward(x)?, self.n_heads)?)?;
+        let k = self
+            .rope
+            .apply(&heads(self.k_proj.forward(x)?, self.n_kv_heads)?)?;
         let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
         let rep = self.n_heads / self.n_kv_heads;
         let k = repeat_kv(k, rep)?;
@@ -80,7 +108,11 @@ impl Attention {
         let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
         let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
         let probs = softmax_last(&scores)?.to_dtype(v.dtype())?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.n_heads * self.head_dim))?;
+        let out =
+            probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .reshape((b, t, self.n_heads * self.head_dim))?;
         self.o_proj.forward(&out)
     }
 }
@@ -91,7 +123,9 @@ fn repeat_kv(x: Tensor, rep: usize) -> candle_core::Result<Tensor> {
         return Ok(x);
     }
     let (b, n, t, d) = x.dims4()?;
-    x.unsqueeze(2)?.broadcast_as((b, n, rep, t, d))?.reshape((b, n * rep, t, d))
+    x.unsqueeze(2)?
+        .broadcast_as((b, n, rep, t, d))?
+        .reshape((b, n * rep, t, d))
 }
 
 /// Softmax over the last axis from differentiable ops (`softmax_last_dim` records no gradient).
@@ -142,9 +176,17 @@ pub struct Block {
 }
 
 impl Block {
-    fn load(cfg: &LlamaConfig, vb: VarBuilder, rope: Arc<Rope>, mode: BaseMode) -> candle_core::Result<Self> {
+    fn load(
+        cfg: &LlamaConfig,
+        vb: VarBuilder,
+        rope: Arc<Rope>,
+        mode: BaseMode,
+    ) -> candle_core::Result<Self> {
         let norm = |name: &str| -> candle_core::Result<RmsNorm> {
-            Ok(RmsNorm::new(vb.pp(name).get(cfg.hidden_size, "weight")?, cfg.rms_norm_eps))
+            Ok(RmsNorm::new(
+                vb.pp(name).get(cfg.hidden_size, "weight")?,
+                cfg.rms_norm_eps,
+            ))
         };
         Ok(Self {
             input_layernorm: norm("input_layernorm")?,
@@ -155,8 +197,12 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, mask)?)?;
-        &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?
+        let h = (x + self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x)?, mask)?)?;
+        &h + self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&h)?)?
     }
 }
 
@@ -196,10 +242,20 @@ impl Llama {
     /// Loads `model.*` / `lm_head.*` weights in HF's layout from `vb` (its dtype is the base
     /// dtype). Layers remember their checkpoint paths, so adapters get PEFT's key names.
     pub fn load(cfg: &LlamaConfig, vb: VarBuilder, mode: BaseMode) -> candle_core::Result<Self> {
-        cfg.validate().map_err(|(f, e, a)| candle_core::Error::Msg(format!("config: `{f}` is {a}, expected {e}")))?;
-        let rope = Arc::new(Rope::new(cfg.head_dim(), cfg.max_position_embeddings, &cfg.rope(), vb.dtype(), vb.device())?);
+        cfg.validate().map_err(|(f, e, a)| {
+            candle_core::Error::Msg(format!("config: `{f}` is {a}, expected {e}"))
+        })?;
+        let rope = Arc::new(Rope::new(
+            cfg.head_dim(),
+            cfg.max_position_embeddings,
+            &cfg.rope(),
+            vb.dtype(),
+            vb.device(),
+        )?);
         let m = vb.pp("model");
-        let table = m.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let table = m
+            .pp("embed_tokens")
+            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
         let embed_tokens = match mode {
             BaseMode::Frozen => AdaptedEmbedding::new(table),
             BaseMode::Trainable => AdaptedEmbedding::new_trainable(table),
@@ -208,13 +264,25 @@ impl Llama {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Block::load(cfg, m.pp("layers").pp(i), rope.clone(), mode))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let norm = RmsNorm::new(m.pp("norm").get(cfg.hidden_size, "weight")?, cfg.rms_norm_eps);
+        let norm = RmsNorm::new(
+            m.pp("norm").get(cfg.hidden_size, "weight")?,
+            cfg.rms_norm_eps,
+        );
         let lm_head = if cfg.tie_word_embeddings {
             LmHead::Tied
         } else {
-            LmHead::Untied(vb.pp("lm_head").get((cfg.vocab_size, cfg.hidden_size), "weight")?)
+            LmHead::Untied(
+                vb.pp("lm_head")
+                    .get((cfg.vocab_size, cfg.hidden_size), "weight")?,
+            )
         };
-        Ok(Self { embed_tokens, layers, norm, lm_head, config: cfg.clone() })
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            config: cfg.clone(),
+        })
     }
 
     /// The configuration.
@@ -259,12 +327,22 @@ impl Llama {
     /// changing the model.
     pub fn base_tensors(&self, merged: bool) -> crate::Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
-        let emb = if merged { self.embed_tokens.merged_weight_tensor()? } else { self.embed_tokens.embeddings().clone() };
+        let emb = if merged {
+            self.embed_tokens.merged_weight_tensor()?
+        } else {
+            self.embed_tokens.embeddings().clone()
+        };
         out.push(("model.embed_tokens.weight".to_string(), emb));
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.weight().clone()));
-            out.push((format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm.weight().clone()));
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                l.input_layernorm.weight().clone(),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_attention_layernorm.weight().clone(),
+            ));
             let a = &l.self_attn;
             let m = &l.mlp;
             for (name, lin) in [
@@ -276,7 +354,11 @@ impl Llama {
                 ("mlp.up_proj", &m.up_proj),
                 ("mlp.down_proj", &m.down_proj),
             ] {
-                let w = if merged { lin.merged_weight_tensor()? } else { lin.weight().clone() };
+                let w = if merged {
+                    lin.merged_weight_tensor()?
+                } else {
+                    lin.weight().clone()
+                };
                 out.push((format!("{p}.{name}.weight"), w));
                 if let Some(b) = lin.bias() {
                     out.push((format!("{p}.{name}.bias"), b.clone()));
@@ -293,6 +375,8 @@ impl Llama {
 
 /// `[t, t]` additive mask: 0 on and below the diagonal, −∞ above.
 fn causal_mask(t: usize, device: &Device) -> candle_core::Result<Tensor> {
-    let v: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    let v: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
     Tensor::from_vec(v, (t, t), device)
 }

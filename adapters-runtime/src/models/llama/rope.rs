@@ -14,7 +14,9 @@ pub struct Rope {
 /// Inverse frequencies `θ^(−2i/d)`, with llama3 scaling when configured.
 fn inv_freq(head_dim: usize, p: &RopeParameters) -> Vec<f64> {
     let theta = p.rope_theta.unwrap_or(10_000.0);
-    let base: Vec<f64> = (0..head_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)).collect();
+    let base: Vec<f64> = (0..head_dim / 2)
+        .map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64))
+        .collect();
     if p.rope_type.as_deref() != Some("llama3") {
         return base;
     }
@@ -40,7 +42,13 @@ fn inv_freq(head_dim: usize, p: &RopeParameters) -> Vec<f64> {
 
 impl Rope {
     /// Tables for `max_positions` positions, in `dtype`.
-    pub fn new(head_dim: usize, max_positions: usize, p: &RopeParameters, dtype: DType, device: &Device) -> candle_core::Result<Self> {
+    pub fn new(
+        head_dim: usize,
+        max_positions: usize,
+        p: &RopeParameters,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
         let inv = inv_freq(head_dim, p);
         let half = inv.len();
         let mut angles = Vec::with_capacity(max_positions * head_dim);
@@ -50,7 +58,10 @@ impl Rope {
             angles.extend_from_slice(&row);
         }
         let angles = Tensor::from_vec(angles, (max_positions, 2 * half), device)?;
-        Ok(Self { cos: angles.cos()?.to_dtype(dtype)?, sin: angles.sin()?.to_dtype(dtype)? })
+        Ok(Self {
+            cos: angles.cos()?.to_dtype(dtype)?,
+            sin: angles.sin()?.to_dtype(dtype)?,
+        })
     }
 
     /// Positions the tables cover.
@@ -62,7 +73,10 @@ impl Rope {
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (_, _, seq, d) = x.dims4()?;
         if seq > self.max_positions() {
-            candle_core::bail!("sequence of {seq} tokens exceeds max_position_embeddings = {}", self.max_positions())
+            candle_core::bail!(
+                "sequence of {seq} tokens exceeds max_position_embeddings = {}",
+                self.max_positions()
+            )
         }
         let cos = self.cos.narrow(0, 0, seq)?;
         let sin = self.sin.narrow(0, 0, seq)?;

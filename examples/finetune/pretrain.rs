@@ -1,0 +1,107 @@
+//! Phase 1 of the default run: pretrain the small base model (all weights trainable) on generated
+//! text and write it as an HF checkpoint (`config.json` + `model.safetensors`).
+
+use crate::{default_model, tasks};
+use adapters_runtime::candle_core::{DType, Device};
+use adapters_runtime::models::llama::{init_random, save_checkpoint};
+use adapters_runtime::train::{
+    clip_grad_norm, masked_cross_entropy, prepare, AdamW, AdamWConfig, BatchLoader, BatchSource,
+    Example, Grads, LrSchedule, PackMode, PackOptions, Tokenizer,
+};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::path::Path;
+
+/// What the marker file records, so a stale base is rebuilt.
+const MARKER: &str = "pretrain.json";
+
+/// Pretraining settings.
+pub struct Pretrain {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Sequences per step.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Seed of the init and the data.
+    pub seed: u64,
+}
+
+fn marker(p: &Pretrain) -> serde_json::Value {
+    serde_json::json!({ "task": "copy-v1", "steps": p.steps, "batch": p.batch, "lr": p.lr, "seed": p.seed })
+}
+
+/// Whether `dir` already holds the base this configuration would make.
+pub fn is_current(dir: &Path, p: &Pretrain) -> bool {
+    std::fs::read_to_string(dir.join(MARKER))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .is_some_and(|v| v == marker(p))
+        && dir.join("model.safetensors").exists()
+}
+
+/// Trains the base model from scratch and writes it to `dir`. Returns the final training loss.
+pub fn run(dir: &Path, p: &Pretrain, device: &Device) -> Result<f64, Box<dyn std::error::Error>> {
+    let config = default_model::config();
+    let (model, varmap) = init_random(&config, DType::F32, device, p.seed)?;
+    let tok = Tokenizer::byte_level();
+    let examples: Vec<Example> = tasks::pretrain_corpus(8000, p.seed)
+        .into_iter()
+        .map(Example::Text)
+        .collect();
+    let prepared = prepare(
+        &examples,
+        &tok,
+        PackOptions {
+            seq_len: 24,
+            mode: PackMode::Pad,
+        },
+    )?;
+    let mut loader = BatchLoader::new(
+        prepared.sequences,
+        p.batch,
+        tok.pad_id(),
+        device,
+        p.seed,
+        true,
+    )?;
+    let mut params: Vec<_> = varmap
+        .data()
+        .lock()
+        .map_err(|_| "poisoned VarMap")?
+        .clone()
+        .into_iter()
+        .collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut opt = AdamW::new(
+        params.clone(),
+        AdamWConfig {
+            weight_decay: 0.01,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let schedule = LrSchedule::cosine(p.lr, p.steps / 10, p.steps).with_min_lr(p.lr / 10.0);
+    let bar = ProgressBar::with_draw_target(Some(p.steps), ProgressDrawTarget::stderr());
+    bar.set_style(ProgressStyle::with_template(
+        "pretrain {bar:30} {pos}/{len} loss {msg} [{elapsed}<{eta}]",
+    )?);
+    let mut loss_value = f64::NAN;
+    for step in 0..p.steps {
+        let batch = loader.next_batch()?;
+        let logits = model.forward(&batch.input_ids)?;
+        let loss = masked_cross_entropy(&logits, &batch.targets, &batch.loss_mask)?;
+        loss_value = loss.to_scalar::<f32>()? as f64;
+        if !loss_value.is_finite() {
+            return Err(format!("pretraining step {step}: loss is {loss_value}").into());
+        }
+        let mut grads = Grads::from_store(&params, &loss.backward()?)?;
+        clip_grad_norm(&mut grads, 1.0)?;
+        opt.step(&grads, schedule.lr_at(step))?;
+        bar.set_message(format!("{loss_value:.3}"));
+        bar.inc(1);
+    }
+    bar.finish();
+    std::fs::create_dir_all(dir.parent().unwrap_or(Path::new(".")))?;
+    save_checkpoint(dir, &config, &model.base_tensors(false)?, &[])?;
+    std::fs::write(dir.join(MARKER), serde_json::to_string_pretty(&marker(p))?)?;
+    Ok(loss_value)
+}

@@ -1,0 +1,33 @@
+//! The device-parameterised integration tests in one binary, so that a CUDA build carries one
+//! ~50 MB executable (candle's kernels are linked into each test binary) instead of seven.
+//!
+//! Built only with `--features cuda` (see `scripts/cuda-build.sh`); run on a GPU machine with
+//! `ADAPTERS_TEST_DEVICE=cuda ADAPTERS_FIXTURES=<repo>/tests/fixtures` (`scripts/gpu-check.sh`).
+//! Each module is the test file of the same name, unchanged: the PEFT fixtures (f64, f32, bf16),
+//! the layers (merge, dropout, no base gradient, training), the DoRA norm, the Llama fixture,
+//! PEFT checkpoints (save / load), the training loop and the trainer's numerics.
+
+#[path = "checkpoints.rs"]
+mod checkpoints;
+#[path = "dora_norm.rs"]
+mod dora_norm;
+#[path = "layers.rs"]
+mod layers;
+#[path = "llama.rs"]
+mod llama;
+#[path = "peft_fixtures.rs"]
+mod peft_fixtures;
+#[path = "train_loop.rs"]
+mod train_loop;
+#[path = "train_numerics.rs"]
+mod train_numerics;
+
+/// The suite runs where `ADAPTERS_TEST_DEVICE` says; printed so a log shows which device ran.
+#[test]
+fn reports_the_test_device() {
+    let name = std::env::var("ADAPTERS_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let device = adapters_runtime::device(&name).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("gpu_suite: ADAPTERS_TEST_DEVICE={name} -> {device:?}");
+    let again = adapters_runtime::device(&name).unwrap_or_else(|e| panic!("{e}"));
+    assert!(again.same_device(&device), "one handle per device");
+}

@@ -1,0 +1,171 @@
+//! The `#[adapter]` constants equal what the runtime counts after attaching adapters to a small
+//! model built from random tensors; paths, per-field configs and declared sizes are checked too.
+
+use adapters_runtime::candle_core::{DType, Device, Tensor};
+use adapters_runtime::candle_nn::{Embedding, Linear, VarMap};
+use adapters_runtime::{adapter, AdaptedLinear, AdapterError, Adapters, Method};
+
+const D: usize = 16;
+const F: usize = 24;
+const V: usize = 50;
+
+/// A DoRA block: a per-field rank override, a biased layer, a frozen layer and a plain field.
+#[adapter(dora, rank = 4, alpha = 8.0)]
+pub struct Block {
+    #[adapt(in = D, out = D)]
+    q: Linear,
+    #[adapt(in = D, out = F, rank = 2, alpha = 3.0, bias = true)]
+    up: Linear,
+    #[frozen(in = F, out = D)]
+    down: Linear,
+    pub scale: Tensor,
+}
+
+/// A LoRA model holding blocks in a `Vec` (with `count`), in an array, and one by value.
+#[adapter(lora, rank = 8, alpha = 16.0, dtype = "f32")]
+pub struct Tiny {
+    #[adapt(in = V, out = D)]
+    embed: Embedding,
+    #[nested(count = 3)]
+    layers: Vec<Block>,
+    #[nested]
+    pair: [Block; 2],
+    #[nested]
+    last: Block,
+    #[frozen(params = V * D)]
+    head: Linear,
+}
+
+fn randn(shape: (usize, usize)) -> Tensor {
+    Tensor::randn(0f32, 1f32, shape, &Device::Cpu).unwrap()
+}
+
+fn linear(din: usize, dout: usize, bias: bool) -> Linear {
+    let b = bias.then(|| Tensor::zeros(dout, DType::F32, &Device::Cpu).unwrap());
+    Linear::new(randn((dout, din)), b)
+}
+
+fn block() -> Block {
+    Block {
+        q: linear(D, D, false).into(),
+        up: linear(D, F, true).into(),
+        down: linear(F, D, false),
+        scale: Tensor::ones(D, DType::F32, &Device::Cpu).unwrap(),
+    }
+}
+
+fn tiny(layers: usize) -> Tiny {
+    Tiny {
+        embed: Embedding::new(randn((V, D)), D).into(),
+        layers: (0..layers).map(|_| block()).collect(),
+        pair: [block(), block()],
+        last: block(),
+        head: linear(D, V, false),
+    }
+}
+
+#[test]
+fn constants_equal_runtime_counts() {
+    let mut model = tiny(3);
+    let varmap = VarMap::new();
+    model.attach_adapters(&varmap, 7).unwrap();
+    assert_eq!(model.trainable_params(), Tiny::TRAINABLE_PARAMS);
+    assert_eq!(model.frozen_params(), Tiny::FROZEN_PARAMS);
+    let in_varmap: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    assert_eq!(in_varmap, Tiny::TRAINABLE_PARAMS);
+    let vars: usize = model.trainable_vars().iter().map(|v| v.elem_count()).sum();
+    assert_eq!(vars, Tiny::TRAINABLE_PARAMS);
+    // By hand: q 4·32 + 16 = 144, up 2·40 + 24 = 104 → 248 per block; 6 blocks; embed 8·66.
+    assert_eq!(Block::TRAINABLE_PARAMS, 248);
+    assert_eq!(Tiny::TRAINABLE_PARAMS, 6 * 248 + 528);
+    // q 256, up 384 + 24 bias, down 384 → 1 048 per block; embed 800; head 800.
+    assert_eq!(Tiny::FROZEN_PARAMS, 6 * 1_048 + 800 + 800);
+}
+
+#[test]
+fn paths_and_configs_follow_the_declaration() {
+    let mut model = tiny(3);
+    model.attach_adapters(&VarMap::new(), 1).unwrap();
+    let layers = model.adapter_layers();
+    let paths: Vec<&str> = layers.iter().map(|l| l.path.as_str()).collect();
+    let mut expected = vec!["embed".to_string()];
+    for block in [
+        "layers.0", "layers.1", "layers.2", "pair.0", "pair.1", "last",
+    ] {
+        expected.push(format!("{block}.q"));
+        expected.push(format!("{block}.up"));
+    }
+    assert_eq!(paths, expected);
+    let embed = &layers[0];
+    assert!(embed.embedding);
+    assert_eq!(
+        (embed.method, embed.rank, embed.alpha),
+        (Method::Lora, 8, 16.0)
+    );
+    let q = &layers[1];
+    assert_eq!((q.method, q.rank, q.alpha), (Method::Dora, 4, 8.0));
+    let up = &layers[2];
+    assert_eq!(
+        (up.method, up.rank, up.alpha, up.din, up.dout),
+        (Method::Dora, 2, 3.0, D, F)
+    );
+    let names: Vec<String> = model
+        .named_trainable_vars()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        names.contains(&"layers.1.up.lora_A.weight".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"last.q.lora_magnitude_vector".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"embed.lora_embedding_A".to_string()),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn vec_length_is_checked_against_count() {
+    let mut model = tiny(2);
+    let err = model.attach_adapters(&VarMap::new(), 0).unwrap_err();
+    assert!(
+        matches!(&err, AdapterError::CountMismatch { path, expected: 3, actual: 2 } if path == "layers"),
+        "{err}"
+    );
+}
+
+#[test]
+fn declared_dims_are_checked_against_weights() {
+    let mut model = tiny(3);
+    model.layers[1].q = AdaptedLinear::from(linear(D, D + 1, false));
+    let err = model.attach_adapters(&VarMap::new(), 0).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("layers.1.q"), "{msg}");
+    assert!(
+        msg.contains("[16, 17]") && msg.contains("[16, 16]"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn declared_bias_is_checked() {
+    let mut model = tiny(3);
+    model.last.up = linear(D, F, false).into();
+    let err = model.attach_adapters(&VarMap::new(), 0).unwrap_err();
+    assert!(err.to_string().contains("last.up"), "{err}");
+}
+
+#[test]
+fn declared_params_are_checked() {
+    let mut model = tiny(3);
+    model.head = linear(D, V + 1, false);
+    let err = model.attach_adapters(&VarMap::new(), 0).unwrap_err();
+    assert!(
+        matches!(&err, AdapterError::ParamCountMismatch { path, expected: 800, actual: 816 } if path == "head"),
+        "{err}"
+    );
+}
