@@ -3,9 +3,9 @@
 //!
 //! Built only with `--features cuda` (see `scripts/cuda-build.sh`); run on a GPU machine with
 //! `ADAPTERS_TEST_DEVICE=cuda ADAPTERS_FIXTURES=<repo>/tests/fixtures` (`scripts/gpu-check.sh`).
-//! Each module is the test file of the same name, unchanged: the PEFT fixtures (f64, f32, bf16),
-//! the layers (merge, dropout, no base gradient, training), the DoRA norm, the Llama fixture,
-//! PEFT checkpoints (save / load), the training loop and the trainer's numerics.
+//! Each module is the test file of the same name, unchanged: the PEFT fixtures (f64, f32, bf16,
+//! f16), the layers (merge, dropout, no base gradient, training), the DoRA norm, the Llama
+//! fixture, PEFT checkpoints (save / load), the training loop and the trainer's numerics.
 
 #[path = "checkpoints.rs"]
 mod checkpoints;

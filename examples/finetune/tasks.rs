@@ -36,12 +36,11 @@ fn shift(w: &str) -> String {
         .collect()
 }
 
+/// Prompt / completion pairs.
+pub type Pairs = Vec<(String, String)>;
+
 /// `(train, eval)` prompt / completion pairs of the shift task over disjoint strings.
-pub fn shift_task(
-    train: usize,
-    eval: usize,
-    seed: u64,
-) -> (Vec<(String, String)>, Vec<(String, String)>) {
+pub fn shift_task(train: usize, eval: usize, seed: u64) -> (Pairs, Pairs) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let mut words = BTreeSet::new();
     let mut ordered = Vec::new();
