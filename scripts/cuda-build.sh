@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Builds the CUDA binaries of this workspace on a machine without a GPU and packs them, stripped
-# and gzipped, into a git-ignored folder (default gpu-bin/) that scripts/gpu-check.sh runs on a
+# and compressed, into a git-ignored folder (default gpu-bin/) that scripts/gpu-check.sh runs on a
 # machine with an NVIDIA GPU and no Rust toolchain.
 #
-# Usage: scripts/cuda-build.sh [--out DIR] [--max-mib N] [--no-build]
+# Usage: scripts/cuda-build.sh [--out DIR] [--max-mib N] [--gzip] [--no-build]
 #
 #   --out DIR     where to pack the binaries (default: gpu-bin/ in the repo)
 #   --max-mib N   fail when the packed folder exceeds N MiB (default 64)
+#   --gzip        gzip -9 instead of xz -9e (each binary is ~50 MB, mostly candle's PTX kernels:
+#                 ~13 MB gzipped, ~7 MB with xz; gzip packs five binaries into ~64 MiB)
 #   --no-build    pack what the last build left in the target folder
 #
 # Toolkit: an `nvcc` already on PATH (a real CUDA toolkit, CUDA_HOME set) is used as is.
@@ -22,12 +24,14 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=$repo/gpu-bin
 max_mib=64
 build=1
+compress=xz
 while [ $# -gt 0 ]; do
   case $1 in
     --out) out=$2; shift 2 ;;
     --max-mib) max_mib=$2; shift 2 ;;
+    --gzip) compress=gzip; shift ;;
     --no-build) build=0; shift ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "cuda-build: unknown argument \`$1\` (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -132,11 +136,11 @@ while IFS=$'\t' read -r name path; do
   strip "$tmp"
   sum=$(sha256sum "$tmp" | cut -d' ' -f1)
   raw=$(stat -c %s "$tmp")
-  gzip -9 -n "$tmp"
-  packed=$(stat -c %s "$tmp.gz")
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$name.gz" "$sum" "$raw" "$packed" >>"$manifest"
-  awk -v n="$name" -v r="$raw" -v p="$packed" \
-    'BEGIN { printf "cuda-build: %-13s %6.1f MiB stripped, %5.1f MiB gzipped\n", n, r / 1048576, p / 1048576 }'
+  if [ "$compress" = xz ]; then xz -9e -T1 "$tmp"; ext=xz; else gzip -9 -n "$tmp"; ext=gz; fi
+  packed=$(stat -c %s "$tmp.$ext")
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$name.$ext" "$sum" "$raw" "$packed" >>"$manifest"
+  awk -v n="$name" -v r="$raw" -v p="$packed" -v c="$compress" \
+    'BEGIN { printf "cuda-build: %-13s %6.1f MiB stripped, %5.1f MiB with %s\n", n, r / 1048576, p / 1048576, c }'
 done
 total=$(du -sb "$out" | cut -f1)
 awk -v o="$out" -v t="$total" -v m="$max_mib" \

@@ -67,13 +67,23 @@ export LD_LIBRARY_PATH=$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 manifest=$bin/manifest.tsv
 [ -f "$manifest" ] || die "no $manifest: build the binaries with scripts/cuda-build.sh (on a machine with Rust) and carry $bin here"
 sed -n 's/^# //p' "$manifest" | sed -n 2p | sed 's/^/gpu-check: binaries /'
+# unpack FILE.xz|FILE.gz DEST: with xz / gunzip, else with Python's lzma / gzip modules.
+unpack() {
+  case $1 in
+    *.xz) if command -v xz >/dev/null 2>&1; then xz -dc "$1" >"$2"; else
+            "${PYTHON:-python3}" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2"; fi ;;
+    *.gz) if command -v gunzip >/dev/null 2>&1; then gunzip -c "$1" >"$2"; else
+            "${PYTHON:-python3}" -c 'import gzip, shutil, sys; shutil.copyfileobj(gzip.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2"; fi ;;
+    *) cp "$1" "$2" ;;
+  esac
+}
 work=$(mktemp -d /tmp/adapters-gpu-bin.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 declare -A exe
 while IFS=$'\t' read -r name file sum _raw _packed; do
   case $name in '#'*|'') continue ;; esac
   [ -f "$bin/$file" ] || die "$bin/$file listed in the manifest is missing"
-  gunzip -c "$bin/$file" >"$work/$name" || die "cannot unpack $bin/$file"
+  unpack "$bin/$file" "$work/$name" || die "cannot unpack $bin/$file"
   got=$(sha256sum "$work/$name" | cut -d' ' -f1)
   [ "$got" = "$sum" ] || die "$file: sha256 $got, the manifest says $sum (corrupt or stale copy)"
   chmod +x "$work/$name"

@@ -7,6 +7,9 @@
 //! f16), the layers (merge, dropout, no base gradient, training), the DoRA norm, the Llama
 //! fixture, PEFT checkpoints (save / load), the training loop and the trainer's numerics.
 
+// Each test file declares its own helper module (`mod common;`, …), as when built alone.
+#![allow(clippy::duplicate_mod)]
+
 #[path = "checkpoints.rs"]
 mod checkpoints;
 #[path = "dora_norm.rs"]

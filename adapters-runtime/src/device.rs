@@ -67,12 +67,21 @@ fn cuda(name: &str, ordinal: usize) -> Result<Device> {
     if let Some(d) = open.get(&ordinal) {
         return Ok(d.clone());
     }
-    let d = Device::new_cuda(ordinal).map_err(|source| AdapterError::CudaUnavailable {
+    let d = Device::new_cuda(ordinal).map_err(|e| AdapterError::CudaUnavailable {
         device: name.into(),
-        source,
+        source: without_backtrace(e),
     })?;
     open.insert(ordinal, d.clone());
     Ok(d)
+}
+
+/// The error without the backtrace candle attaches when `RUST_BACKTRACE` is set (its `Display`
+/// would print it into the message).
+fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        e => e,
+    }
 }
 
 #[cfg(test)]

@@ -487,11 +487,16 @@ fn register(
     if !seen.insert(path.clone()) {
         return Err(AdapterError::DuplicatePath { path });
     }
+    insert_vars(varmap, &path, vars)
+}
+
+/// Inserts a layer's adapter tensors into `varmap` as `<path>.<name>`.
+pub(crate) fn insert_vars(varmap: &VarMap, path: &str, vars: Vec<(String, Var)>) -> Result<()> {
     let mut data = varmap
         .data()
         .lock()
         .map_err(|_| AdapterError::InvalidState {
-            layer: path.clone(),
+            layer: path.into(),
             op: "register",
             reason: "the VarMap's lock is poisoned".into(),
         })?;

@@ -4,8 +4,9 @@
 //! cargo run --release --example finetune                 # the embedded default, ~1-2 min on 2 cores
 //! cargo run --release --example finetune -- --model DIR --tokenizer DIR/tokenizer.json --data train.jsonl
 //! ```
-//! With no arguments: pretrains a small base model on generated text (phase 1, cached in
-//! `OUT/base/`), then fine-tunes a DoRA adapter on a different generated task with the base frozen,
+//! With no arguments: starts from the embedded small base model (made by phase 1, `--pretrain`:
+//! pretraining on generated text, written as an HF checkpoint to `OUT/base/`), then fine-tunes a
+//! DoRA adapter on a different generated task with the base frozen,
 //! and reports eval loss and task accuracy on held-out data before and after. `--out` receives
 //! `adapter/` (PEFT format), `merged/` (an HF checkpoint folder), `metrics.jsonl` and `loss.svg`.
 
@@ -105,8 +106,12 @@ struct Args {
     /// Checkpoint every N steps.
     #[arg(long, default_value_t = 100)]
     checkpoint_every: u64,
-    /// Pretraining steps of the default base model (ignored with --model).
-    #[arg(long, default_value_t = 600)]
+    /// Rebuild the default base model by pretraining it here (phase 1) instead of using the
+    /// embedded one (ignored with --model).
+    #[arg(long)]
+    pretrain: bool,
+    /// Pretraining steps with --pretrain (the embedded base was made with 2000).
+    #[arg(long, default_value_t = 2000)]
     pretrain_steps: u64,
     /// Skip malformed JSONL lines (counted) instead of failing.
     #[arg(long)]
@@ -135,21 +140,26 @@ fn run(args: Args) -> Res<()> {
         Some(dir) => dir.clone(),
         None => {
             let dir = args.out.join("base");
-            let p = pretrain::Pretrain {
-                steps: args.pretrain_steps,
-                batch: 32,
-                lr: 3e-3,
-                seed: 1234,
-            };
-            if pretrain::is_current(&dir, &p) {
-                println!("base model: {} (cached)", dir.display());
-            } else {
+            if args.pretrain {
+                let p = pretrain::Pretrain {
+                    steps: args.pretrain_steps,
+                    ..pretrain::embedded_settings()
+                };
                 println!("phase 1: pretraining the default base model ({} steps, all weights) on `copy abcde>abcde` text", p.steps);
                 let t = Instant::now();
                 let loss = pretrain::run(&dir, &p, &device)?;
                 println!(
                     "  done in {:.1}s, final loss {loss:.3}; written to {}",
                     t.elapsed().as_secs_f64(),
+                    dir.display()
+                );
+            } else if pretrain::is_current(&dir, &pretrain::embedded_settings()) {
+                println!("base model: {} (the embedded default)", dir.display());
+            } else {
+                pretrain::install_embedded(&dir)?;
+                println!(
+                    "base model: the embedded default (a {}-layer Llama pretrained by phase 1 of this example on `copy abcde>abcde`; `--pretrain` rebuilds it), written to {}",
+                    default_model::LAYERS,
                     dir.display()
                 );
             }
@@ -286,7 +296,10 @@ fn run(args: Args) -> Res<()> {
         &model.base_tensors(true)?,
         &extra,
     )?;
-    let evals: Vec<(u64, f64)> = summary.evals.iter().map(|(s, m)| (*s, m.loss)).collect();
+    // The eval curve starts at the base model's eval loss (step 0, before training).
+    let evals: Vec<(u64, f64)> = std::iter::once((0, before.loss))
+        .chain(summary.evals.iter().map(|(s, m)| (*s, m.loss)))
+        .collect();
     let plot_path = args.out.join("loss.svg");
     plot::loss_curve(
         &plot_path,

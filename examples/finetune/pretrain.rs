@@ -30,6 +30,43 @@ fn marker(p: &Pretrain) -> serde_json::Value {
     serde_json::json!({ "task": "copy-v1", "steps": p.steps, "batch": p.batch, "lr": p.lr, "seed": p.seed })
 }
 
+/// The base checkpoint phase 1 made with the default settings (`--pretrain`, 2000 steps, seed
+/// 1234), shipped inside the example so the default run starts from it.
+const EMBEDDED: [(&str, &[u8]); 3] = [
+    ("config.json", include_bytes!("base/config.json")),
+    (
+        "model.safetensors",
+        include_bytes!("base/model.safetensors"),
+    ),
+    (MARKER, include_bytes!("base/pretrain.json")),
+];
+
+/// The settings the embedded base was made with.
+pub fn embedded_settings() -> Pretrain {
+    Pretrain {
+        steps: 2000,
+        batch: 32,
+        lr: 3e-3,
+        seed: 1234,
+    }
+}
+
+/// Writes the embedded base checkpoint to `dir` (through a sibling folder and a rename).
+pub fn install_embedded(dir: &Path) -> std::io::Result<()> {
+    let staging = dir.with_extension("partial");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
+    for (name, bytes) in EMBEDDED {
+        std::fs::write(staging.join(name), bytes)?;
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::rename(&staging, dir)
+}
+
 /// Whether `dir` already holds the base this configuration would make.
 pub fn is_current(dir: &Path, p: &Pretrain) -> bool {
     std::fs::read_to_string(dir.join(MARKER))

@@ -47,6 +47,14 @@ pub fn row_sq_norms(w: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
         parts.push(c.sqr()?.sum(D::Minus1)?);
         Ok(())
     })?;
+    cat_rows(parts)
+}
+
+/// Concatenates row chunks (no copy for a single chunk).
+fn cat_rows(mut parts: Vec<Tensor>) -> candle_core::Result<Tensor> {
+    if parts.len() == 1 {
+        return Ok(parts.remove(0));
+    }
     Tensor::cat(&parts, 0)
 }
 
@@ -72,7 +80,7 @@ pub fn weight_times_at(w: &Tensor, a: &Tensor) -> candle_core::Result<Tensor> {
         parts.push(c.matmul(&at)?);
         Ok(())
     })?;
-    Tensor::cat(&parts, 0)
+    cat_rows(parts)
 }
 
 /// `(A·E)ᵀ` for an embedding table `e [vocab, dim]` and `a [r, vocab]`: `[dim, r]`, i.e. `W·Aᵀ`

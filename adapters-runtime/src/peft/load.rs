@@ -5,7 +5,6 @@ use crate::error::{AdapterError, KeyIssue, Result};
 use crate::model::{Adapters, LayerMut, LayerRef};
 use crate::peft::checkpoint::{AdapterCheckpoint, ModuleAdapter};
 use crate::peft::keys::{Kind, Role};
-use candle_core::Var;
 use candle_nn::VarMap;
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
@@ -246,24 +245,9 @@ fn attach_all<M: Adapters + ?Sized>(
             LayerMut::Frozen { .. } => return Ok(()),
         };
         if let Some(vm) = options.varmap {
-            register(vm, &path, named)?;
+            crate::model::insert_vars(vm, &path, named)?;
         }
         report.loaded.push(path);
         Ok(())
     })
-}
-
-fn register(varmap: &VarMap, path: &str, vars: Vec<(String, Var)>) -> Result<()> {
-    let mut data = varmap
-        .data()
-        .lock()
-        .map_err(|_| AdapterError::InvalidState {
-            layer: path.into(),
-            op: "register",
-            reason: "the VarMap's lock is poisoned".into(),
-        })?;
-    for (k, v) in vars {
-        data.insert(format!("{path}.{k}"), v);
-    }
-    Ok(())
 }

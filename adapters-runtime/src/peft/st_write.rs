@@ -137,6 +137,7 @@ pub fn write_file(
             source,
         },
     })?;
+    crate::peft::atomic::publish_mode(path)?;
     if let Some(e) = failure.borrow_mut().take() {
         let _ = std::fs::remove_file(path);
         return Err(e);

@@ -234,7 +234,8 @@ fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
         what: "write".into(),
         expected: "success".into(),
         actual: e.to_string(),
-    })
+    })?;
+    crate::peft::atomic::publish_mode(path)
 }
 
 fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {

@@ -123,6 +123,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.as_file()
         .sync_all()
         .map_err(|e| AdapterError::io("syncing", tmp.path().to_path_buf(), e))?;
+    crate::peft::atomic::publish_mode(tmp.path())?;
     tmp.persist(path)
         .map_err(|e| AdapterError::io("renaming into", path, e.error))?;
     Ok(())

@@ -249,6 +249,7 @@ pub fn save_checkpoint(
             source,
         }
     })?;
+    crate::peft::atomic::publish_mode(&st_path)?;
     for f in extra {
         if let Some(name) = f.file_name() {
             let to = staging.path().join(name);
