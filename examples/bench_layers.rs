@@ -4,7 +4,9 @@
 //! cargo run --release --example bench_layers -- [--json FILE] [--runs 20] [--device cpu|cuda|cuda:N] [--dtype f32|bf16]
 //! ```
 //! Backward is of `sum(y·g)` into the adapter parameters only (x is a constant input). Each figure is
-//! the median of `--runs` timed runs after warm-up. Results go to stdout as a table and, with
+//! the median of `--runs` timed rounds after warm-up; within a round every kind is timed once, so
+//! all kinds see the same machine conditions, and the DoRA / LoRA ratio is the median of the
+//! per-round ratios. Results go to stdout as a table and, with
 //! `--json`, as an array of `{"kind", "din", "dout", "r", "tokens", "dtype", "fwd_ms", "fwd_bwd_ms"}`.
 
 use adapters_runtime::candle_core::{self as candle_core, DType, Device, Module, Tensor};
@@ -12,6 +14,12 @@ use adapters_runtime::{AdaptedLinear, AdapterConfig};
 use clap::Parser;
 use serde::Serialize;
 use std::time::Instant;
+
+// candle allocates a fresh buffer for every op result; glibc's malloc serves large ones with
+// mmap, and the page faults and TLB shootdowns cost DoRA's CPU backward ~2× (BENCHMARKS.md).
+// mimalloc reuses freed buffers.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(about = "Times base / LoRA / DoRA / merged-DoRA linear layers")]
@@ -50,27 +58,18 @@ struct Record {
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// Median wall time in ms of `runs` calls of `f` after `warmup` calls, synchronising the device
-/// after each call so that asynchronous (CUDA) work is included.
-fn median_ms(
-    runs: usize,
-    warmup: usize,
-    device: &Device,
-    mut f: impl FnMut() -> candle_core::Result<()>,
-) -> Res<f64> {
-    for _ in 0..warmup {
-        f()?;
-        device.synchronize()?;
-    }
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs.max(1) {
-        let t = Instant::now();
-        f()?;
-        device.synchronize()?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+/// One timed call of `f` in milliseconds, synchronising the device after it so that
+/// asynchronous (CUDA) work is included.
+fn time_ms(device: &Device, f: &mut dyn FnMut() -> candle_core::Result<()>) -> Res<f64> {
+    let t = Instant::now();
+    f()?;
+    device.synchronize()?;
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn rand(dims: &[usize], scale: f64, dt: DType, device: &Device) -> candle_core::Result<Tensor> {
@@ -131,22 +130,53 @@ fn run() -> Res<()> {
             ("dora", Some(AdapterConfig::dora(r, alpha)), false),
             ("dora_merged", Some(AdapterConfig::dora(r, alpha)), true),
         ];
+        let mut layers = Vec::new();
         for (kind, cfg, merged) in kinds {
             let mut l = layer(&w, cfg, &device)?;
             if merged {
                 l.merge()?;
             }
-            let fwd_ms = median_ms(args.runs, args.warmup, &device, || l.forward(&x).map(drop))?;
-            let trains = cfg.is_some() && !merged;
-            let fwd_bwd_ms = if trains {
-                Some(median_ms(args.runs, args.warmup, &device, || {
-                    let y = l.forward(&x)?;
-                    let loss = (y * &g)?.to_dtype(DType::F32)?.sum_all()?;
-                    loss.backward().map(drop)
-                })?)
-            } else {
-                None
-            };
+            layers.push((kind, l, cfg.is_some() && !merged));
+        }
+        // Every measurement is taken once per round, round after round, so all kinds see the
+        // same machine conditions; medians over rounds, and the median of per-round ratios.
+        let mut fwd: Vec<Vec<f64>> = vec![Vec::new(); layers.len()];
+        let mut fwd_bwd: Vec<Vec<f64>> = vec![Vec::new(); layers.len()];
+        for round in 0..args.warmup + args.runs.max(1) {
+            for (i, (_, l, trains)) in layers.iter().enumerate() {
+                let t = time_ms(&device, &mut || l.forward(&x).map(drop))?;
+                let tb = if *trains {
+                    Some(time_ms(&device, &mut || {
+                        let y = l.forward(&x)?;
+                        let loss = (y * &g)?.to_dtype(DType::F32)?.sum_all()?;
+                        loss.backward().map(drop)
+                    })?)
+                } else {
+                    None
+                };
+                if round >= args.warmup {
+                    fwd[i].push(t);
+                    fwd_bwd[i].extend(tb);
+                }
+            }
+        }
+        let ratio = {
+            let pos = |k: &str| layers.iter().position(|(n, _, _)| *n == k);
+            match (pos("lora"), pos("dora")) {
+                (Some(li), Some(di)) => {
+                    let mut r: Vec<f64> = fwd_bwd[di]
+                        .iter()
+                        .zip(&fwd_bwd[li])
+                        .map(|(d, l)| d / l)
+                        .collect();
+                    Some(median(&mut r))
+                }
+                _ => None,
+            }
+        };
+        for (i, (kind, _, _)) in layers.iter().enumerate() {
+            let fwd_ms = median(&mut fwd[i]);
+            let fwd_bwd_ms = (!fwd_bwd[i].is_empty()).then(|| median(&mut fwd_bwd[i]));
             let bwd = fwd_bwd_ms.map_or("-".to_string(), |v| format!("{v:.2}"));
             println!(
                 "{kind:<12} {din:>5} {dout:>5} {r:>3} {tokens:>6} {:>5} {fwd_ms:>10.2} {bwd:>12}",
@@ -163,15 +193,8 @@ fn run() -> Res<()> {
                 fwd_bwd_ms,
             });
         }
-        let get = |k: &str| {
-            records
-                .iter()
-                .rev()
-                .find(|rec| rec.kind == k)
-                .and_then(|rec| rec.fwd_bwd_ms)
-        };
-        if let (Some(l), Some(d)) = (get("lora"), get("dora")) {
-            println!("  DoRA / LoRA fwd+bwd = {:.3}", d / l);
+        if let Some(ratio) = ratio {
+            println!("  DoRA / LoRA fwd+bwd = {ratio:.3} (median of per-round ratios)");
         }
     }
     if let Some(path) = args.json {

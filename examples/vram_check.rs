@@ -15,13 +15,15 @@
 //!   kv_heads,vocab`, default 128,352,4,4,2,259, untied), f32 base, DoRA r = 8 on the seven
 //!   projections, 32 × 24 tokens.
 //!
-//! Measured on CUDA, after the model is built on an empty device: the peak of the stream-ordered
-//! allocator that candle allocates from (the driver's `CU_MEMPOOL_ATTR_USED_MEM_HIGH`, reset
-//! before the model is built), and the driver's free-memory drop (`cuMemGetInfo`, freed memory
-//! kept reserved, so it includes the pool's peak reservation plus cuBLAS workspaces and loaded
-//! kernels). The estimate is `adapters_runtime::peft::estimate_training` (the `estimate::vram_bytes`
-//! formula the `#[adapter]` macro's `VRAM_BYTES` uses) with the same `batch_tokens`. On the CPU,
-//! or when no GPU is available, only the estimate is printed.
+//! Measured on CUDA, from an empty device: the peak of the stream-ordered allocator that candle
+//! allocates from (the driver's `CU_MEMPOOL_ATTR_USED_MEM_HIGH`, restarted once the model is built
+//! so the temporaries of building it do not count; the model's weights, adapters, optimizer state,
+//! batch, activations and gradients do), and the driver's free-memory drop (`cuMemGetInfo`, freed
+//! memory kept reserved, so it includes the pool's peak reservation plus cuBLAS workspaces and
+//! loaded kernels). The estimate is `adapters_runtime::peft::estimate_training` (the
+//! `estimate::vram_bytes` formula the `#[adapter]` macro's `VRAM_BYTES` uses) with the same
+//! `batch_tokens`. On the CPU, or when no GPU is available, only the estimate is printed
+//! (`--run-on-cpu` still runs the steps, for timing).
 
 use adapters_runtime::candle_core::{self as candle_core, DType, Device, Tensor};
 use adapters_runtime::candle_nn::{VarBuilder, VarMap};
@@ -128,6 +130,10 @@ struct Record {
     shape: String,
     dtype: String,
     batch_tokens: usize,
+    /// Sequences per batch.
+    batch: usize,
+    /// Tokens per sequence.
+    seq: usize,
     frozen_params: usize,
     trainable_params: usize,
     estimate_bytes: usize,
@@ -367,15 +373,21 @@ mod gpu {
             Ok(Some(v))
         }
 
-        /// Returns reserved memory to the driver and restarts the high-water marks.
+        /// Returns the pool's unused memory to the driver and restarts the high-water marks.
         pub fn reset(&self) -> Res<()> {
             self.ctx.synchronize()?;
             if let Some(pool) = self.pool {
                 // SAFETY: a valid pool.
                 unsafe { result::mem_pool::trim_to(pool, 0) }?;
             }
-            self.set(Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH, 0)?;
-            self.set(Attr::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH, 0)
+            self.set(Attr::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH, 0)?;
+            self.reset_high()
+        }
+
+        /// Restarts the allocator's high-water mark at the memory in use now.
+        pub fn reset_high(&self) -> Res<()> {
+            self.ctx.synchronize()?;
+            self.set(Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH, 0)
         }
 
         /// Bytes in use in the pool now.
@@ -419,6 +431,10 @@ fn measure(case: &Case, dev: &Device, steps: usize, meter: Option<&Meter>) -> Re
         base = (m.used()?.unwrap_or(0), m.free()?);
     }
     let mut run = Run::new(case, dev)?;
+    if let Some(m) = meter {
+        // The peak counts what the model holds, not the temporaries of building it.
+        m.reset_high()?;
+    }
     let mut step_ms = 0.0;
     for s in 1..=steps.max(1) {
         let t = Instant::now();
@@ -454,6 +470,9 @@ impl Meter {
         Ok(None)
     }
     fn reset(&self) -> Res<()> {
+        Ok(())
+    }
+    fn reset_high(&self) -> Res<()> {
         Ok(())
     }
     fn used(&self) -> Res<Option<u64>> {
@@ -560,6 +579,8 @@ fn run() -> Res<()> {
             ),
             dtype: format!("{:?}", case.dtype).to_lowercase(),
             batch_tokens: case.batch * case.seq,
+            batch: case.batch,
+            seq: case.seq,
             frozen_params: est.frozen_params,
             trainable_params: est.trainable_params,
             estimate_bytes: est.total_bytes,

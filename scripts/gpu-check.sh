@@ -108,8 +108,9 @@ record() { result[$1]=$2; case $2 in FAIL*) status=1 ;; esac; }
 if wants tests; then
   if [ -n "${exe[gpu_suite]:-}" ]; then
     echo "gpu-check: [tests] gpu_suite on cuda"
-    ADAPTERS_TEST_DEVICE=cuda ADAPTERS_FIXTURES=$fixtures ADAPTERS_SHOW_ERRORS=1 \
-      "${exe[gpu_suite]}" --test-threads=4 >"$out/tests.log" 2>&1
+    # Run in $out: files the tests leave (proptest's regression seeds) stay out of the repo.
+    (cd "$out" && ADAPTERS_TEST_DEVICE=cuda ADAPTERS_FIXTURES=$fixtures ADAPTERS_SHOW_ERRORS=1 \
+      PROPTEST_DISABLE_FAILURE_PERSISTENCE=1 "${exe[gpu_suite]}" --test-threads=4) >"$out/tests.log" 2>&1
     rc=$?
     summary=$(grep -E '^test result:' "$out/tests.log" | tail -1 | sed 's/^test result: //; s/; finished.*//')
     if [ $rc = 0 ]; then record tests "ok: $summary"; else
@@ -128,9 +129,6 @@ if wants finetune; then
     record finetune "FAIL: this finetune binary has no --device flag"
   else
     args=${FINETUNE_ARGS:-"--steps $steps"}
-    if [ -z "${FINETUNE_ARGS:-}" ] && [[ $ft_help == *--pretrain-steps* ]]; then
-      args="$args --pretrain-steps 300"
-    fi
     echo "gpu-check: [finetune] --device cuda $args --out $out/finetune"
     rm -rf "$out/finetune"
     # shellcheck disable=SC2086
@@ -146,7 +144,11 @@ fi
 if wants vram; then
   if [ -n "${exe[vram_check]:-}" ]; then
     echo "gpu-check: [vram] vram_check --device cuda"
-    if "${exe[vram_check]}" --device cuda --require-gpu --json "$out/vram.json" >"$out/vram.log" 2>&1; then
+    # The default cases, then the 7B-shaped layer at the same tokens in shorter sequences, which
+    # separates the attention's seq² activations from the per-token ones.
+    if "${exe[vram_check]}" --device cuda --require-gpu --json "$out/vram.json" >"$out/vram.log" 2>&1 &&
+      "${exe[vram_check]}" --device cuda --require-gpu --case block --block-batch 16,256 \
+        --json "$out/vram_short.json" >>"$out/vram.log" 2>&1; then
       record vram ok
     else record vram "FAIL (exit $?): $(tail -3 "$out/vram.log" | tr '\n' ' ')"; fi
   else record vram "FAIL: vram_check not in $bin"; fi
@@ -188,15 +190,16 @@ out = sys.argv[1]
 def load(name):
     p = os.path.join(out, name)
     return json.load(open(p)) if os.path.exists(p) else None
-vram = load("vram.json")
+vram = (load("vram.json") or []) + (load("vram_short.json") or [])
 if vram:
-    gib = lambda b: "-" if b is None else f"{b / 2**30:.2f} GiB"
+    gib = lambda b: "-" if b is None else (f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB")
     print("\ntraining memory, one step (forward + backward + AdamW)")
-    print(f"{'case':<6} {'tokens':>6} {'estimate':>10} {'measured':>10} {'driver':>10} {'ratio':>6} {'step ms':>8}")
+    print(f"{'case':<6} {'batch':>9} {'estimate':>10} {'measured':>10} {'driver':>10} {'ratio':>6} {'step ms':>8}")
     for r in vram:
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
         ms = "-" if r["step_ms"] is None else f"{r['step_ms']:.1f}"
-        print(f"{r['case']:<6} {r['batch_tokens']:>6} {gib(r['estimate_bytes']):>10} "
+        batch = f"{r.get('batch', '?')}x{r.get('seq', '?')}"
+        print(f"{r['case']:<6} {batch:>9} {gib(r['estimate_bytes']):>10} "
               f"{gib(r['measured_peak_bytes']):>10} {gib(r['driver_bytes']):>10} {ratio:>6} {ms:>8}")
 ours, peft = load("bench_candle.json") or [], load("bench_peft.json") or []
 if ours or peft:
@@ -204,13 +207,15 @@ if ours or peft:
     theirs = {key(r): r for r in peft}
     fmt = lambda v: "-" if v is None else f"{v:.3f}"
     print("\nlayer benchmark, median ms (fwd / fwd+bwd), bf16")
-    print(f"{'shape':<11} {'kind':<12} {'ours fwd':>9} {'ours f+b':>9} {'PEFT fwd':>9} {'PEFT f+b':>9}")
+    print(f"{'shape':<11} {'kind':<12} {'ours fwd':>9} {'ours f+b':>9} {'PEFT fwd':>9} {'PEFT f+b':>9} {'f+b ours/PEFT':>13}")
     rows = ours or peft
     for r in rows:
         p = theirs.get(key(r), {}) if ours else r
         o = r if ours else {}
+        a, b = o.get("fwd_bwd_ms"), p.get("fwd_bwd_ms")
+        ratio = f"{a / b:.2f}" if a and b else "-"
         print(f"{r['din']}x{r['dout']:<6} {r['kind']:<12} {fmt(o.get('fwd_ms')):>9} {fmt(o.get('fwd_bwd_ms')):>9} "
-              f"{fmt(p.get('fwd_ms')):>9} {fmt(p.get('fwd_bwd_ms')):>9}")
+              f"{fmt(p.get('fwd_ms')):>9} {fmt(p.get('fwd_bwd_ms')):>9} {ratio:>13}")
 PY
 fi
 echo "results and logs: $out"

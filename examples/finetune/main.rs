@@ -29,6 +29,12 @@ use default_model::DefaultLlama;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+// candle allocates a fresh buffer for every op result; glibc's malloc serves large ones with
+// mmap, and the page faults and TLB shootdowns cost DoRA's CPU backward ~2× (BENCHMARKS.md).
+// mimalloc reuses freed buffers.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum MethodArg {
     Dora,
@@ -129,7 +135,7 @@ fn main() {
 
 fn run(args: Args) -> Res<()> {
     let started = Instant::now();
-    let device = pick_device(&args.device)?;
+    let device = adapters_runtime::device(&args.device)?;
     let base_dtype = BaseDType::parse(&args.dtype)
         .ok_or_else(|| format!("--dtype `{}`: expected f32, bf16 or f16", args.dtype))?;
     std::fs::create_dir_all(&args.out)?;
@@ -436,12 +442,5 @@ fn print_scores(when: &str, s: &evaluate::Scores) {
             100.0 * a
         ),
         None => println!("{when}: eval loss {:.4}", s.loss),
-    }
-}
-
-fn pick_device(name: &str) -> Res<adapters_runtime::candle_core::Device> {
-    match name {
-        "cpu" => Ok(adapters_runtime::candle_core::Device::Cpu),
-        other => Err(format!("--device `{other}` is not available in this build").into()),
     }
 }

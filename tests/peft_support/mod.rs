@@ -2,9 +2,10 @@
 //! hand as `AdapterModel`s (no macro), and file helpers.
 #![allow(dead_code)]
 
-#[path = "../common/device.rs"]
-mod device;
-pub use device::{fixtures_root, test_device};
+#[path = "../common/mod.rs"]
+mod common;
+#[allow(unused_imports)]
+pub use common::{assert_close, fixtures_root, rel_err, test_device};
 
 use adapters_runtime::candle_core::{DType, Device, Tensor};
 use adapters_runtime::model::{
@@ -86,47 +87,6 @@ pub fn load(path: &Path) -> HashMap<String, Tensor> {
 /// Saves tensors as a safetensors file.
 pub fn save(tensors: &HashMap<String, Tensor>, path: &Path) {
     adapters_runtime::candle_core::safetensors::save(tensors, path).unwrap();
-}
-
-/// `max |a − b| / max |b|`, in f64 on the CPU.
-pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let a = a
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
-    let b = b
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
-    let diff = (&a - &b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    diff / scale.max(1e-300)
-}
-
-/// Asserts `rel_err(a, b) <= tol`.
-#[track_caller]
-pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
-    let e = rel_err(a, b);
-    if std::env::var_os("ADAPTERS_SHOW_ERRORS").is_some() {
-        eprintln!("{what}: {e:.3e}");
-    }
-    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
 }
 
 /// Whether two tensors are equal bit for bit (same dtype, shape and bytes).

@@ -6,6 +6,7 @@ use crate::error::{AdapterError, InLayer, Result};
 use crate::estimate;
 use crate::layers::adapter::{check_float, check_shape, Adapter};
 use crate::layers::{dora_norm, init};
+use crate::ops::row_scale;
 use candle_core::{Tensor, Var};
 
 /// An embedding `y = E[ids]` over a frozen table `E [vocab, dim]` that may carry an adapter:
@@ -343,7 +344,7 @@ impl AdaptedEmbedding {
                 let y = (base + lora)?;
                 if ad.is_dora() {
                     let scale = ad.magnitude_scale(&self.norm_of(ad)?)?.to_dtype(act)?;
-                    y.broadcast_mul(&scale)?
+                    row_scale(&y, &scale)?
                 } else {
                     y
                 }

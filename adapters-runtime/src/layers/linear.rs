@@ -5,7 +5,7 @@ use crate::error::{AdapterError, InLayer, Result};
 use crate::estimate;
 use crate::layers::adapter::{check_float, check_shape, Adapter};
 use crate::layers::{dora_norm, init};
-use crate::ops::frozen_matmul;
+use crate::ops::{frozen_matmul, row_scale};
 use candle_core::{Tensor, Var};
 
 /// A linear layer `y = x·W0ᵀ + b` whose frozen weight `W0 [out, in]` may carry an adapter:
@@ -428,10 +428,10 @@ impl AdaptedLinear {
         if dropout {
             // PEFT: base(x) + (m/n − 1)·W0·drop(x) + (m/n)·lora(drop(x)).
             let base_d = self.base_product(&xd)?;
-            let term = base_d.broadcast_mul(&(scale.clone() - 1.0)?)?;
-            (base + term)? + lora.broadcast_mul(&scale)?
+            let term = row_scale(&base_d, &(scale.clone() - 1.0)?)?;
+            (base + term)? + row_scale(&lora, &scale)?
         } else {
-            (base + lora)?.broadcast_mul(&scale)
+            row_scale(&(base + lora)?, &scale)
         }
     }
 }

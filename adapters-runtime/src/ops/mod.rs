@@ -2,6 +2,8 @@
 
 mod dropout;
 mod frozen_matmul;
+mod row_scale;
 
 pub use dropout::{dropout_mask, mix_seed};
 pub use frozen_matmul::{frozen_matmul, FrozenMatmul};
+pub use row_scale::{row_scale, RowScale};
