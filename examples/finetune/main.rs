@@ -302,15 +302,17 @@ fn run(args: Args) -> Res<()> {
         &model.base_tensors(true)?,
         &extra,
     )?;
-    // The eval curve starts at the base model's eval loss (step 0, before training).
+    // The whole run from metrics.jsonl (a resumed run included); the eval curve starts at the
+    // base model's eval loss (step 0).
+    let (train_curve, eval_curve) = plot::read_metrics(&args.out.join("metrics.jsonl"))?;
     let evals: Vec<(u64, f64)> = std::iter::once((0, before.loss))
-        .chain(summary.evals.iter().map(|(s, m)| (*s, m.loss)))
+        .chain(eval_curve)
         .collect();
     let plot_path = args.out.join("loss.svg");
     plot::loss_curve(
         &plot_path,
         &format!("{} r={} fine-tuning", method_name(args.method), args.rank),
-        &summary.loss_history,
+        &train_curve,
         &evals,
     )?;
     println!(

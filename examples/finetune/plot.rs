@@ -3,6 +3,9 @@
 use plotters::prelude::*;
 use std::path::Path;
 
+/// `(step, loss)` points.
+pub type Series = Vec<(u64, f64)>;
+
 /// Registers the embedded DejaVu Sans as plotters' `sans-serif` (no system fonts needed).
 fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -15,23 +18,45 @@ fn register_font() {
     });
 }
 
-/// Draws `train` (loss of step `i + 1`) and `eval` (`(step, loss)`) into `path`.
+/// The training and eval loss series of a `metrics.jsonl` (the whole run, resumed runs included).
+pub fn read_metrics(path: &Path) -> Result<(Series, Series), Box<dyn std::error::Error>> {
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    for line in std::fs::read_to_string(path)?.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let Some(step) = v["step"].as_u64() else {
+            continue;
+        };
+        if let Some(l) = v["loss"].as_f64() {
+            train.push((step, l));
+        }
+        if let Some(l) = v["eval_loss"].as_f64() {
+            eval.push((step, l));
+        }
+    }
+    Ok((train, eval))
+}
+
+/// Draws `train` and `eval` (`(step, loss)` points) into `path`.
 pub fn loss_curve(
     path: &Path,
     title: &str,
-    train: &[f64],
+    train: &[(u64, f64)],
     eval: &[(u64, f64)],
 ) -> Result<(), Box<dyn std::error::Error>> {
     register_font();
     let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
     root.fill(&WHITE)?;
-    let steps = train.len().max(1) as f64;
-    let finite = train
-        .iter()
-        .chain(eval.iter().map(|(_, l)| l))
-        .copied()
-        .filter(|v| v.is_finite());
-    let top = finite.fold(0.0f64, f64::max) * 1.05 + 1e-9;
+    let points = || train.iter().chain(eval);
+    let steps = points().map(|(s, _)| *s).max().unwrap_or(1).max(1) as f64;
+    let top = points()
+        .map(|(_, l)| *l)
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max)
+        * 1.05
+        + 1e-9;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(16)
@@ -46,7 +71,7 @@ pub fn loss_curve(
         .draw()?;
     chart
         .draw_series(LineSeries::new(
-            train.iter().enumerate().map(|(i, l)| (i as f64 + 1.0, *l)),
+            train.iter().map(|(s, l)| (*s as f64, *l)),
             &BLUE,
         ))?
         .label("train loss")

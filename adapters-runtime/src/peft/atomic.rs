@@ -108,6 +108,20 @@ fn move_unstaged(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Gives a published file the usual `rw-r--r--` mode: files written through a temporary file
+/// (`tempfile`, and `safetensors::serialize_to_file`, which uses one) are created private (0600).
+pub(crate) fn publish_mode(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| AdapterError::io("setting permissions of", path, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,18 +158,4 @@ mod tests {
         assert!(!target.exists());
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
     }
-}
-
-/// Gives a published file the usual `rw-r--r--` mode: files written through a temporary file
-/// (`tempfile`, and `safetensors::serialize_to_file`, which uses one) are created private (0600).
-pub(crate) fn publish_mode(path: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
-            .map_err(|e| AdapterError::io("setting permissions of", path, e))?;
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
 }
