@@ -28,7 +28,7 @@
 use adapters_runtime::candle_core::{self as candle_core, DType, Device, Tensor};
 use adapters_runtime::candle_nn::{VarBuilder, VarMap};
 use adapters_runtime::estimate::{human_bytes, BaseDType, Method};
-use adapters_runtime::models::llama::{BaseMode, Llama};
+use adapters_runtime::models::llama::{random_weights, BaseMode, Llama};
 use adapters_runtime::peft::{estimate_training, EstimateRequest, TrainingEstimate};
 use adapters_runtime::train::{clip_grad_norm, masked_cross_entropy, AdamW, AdamWConfig, Grads};
 use adapters_runtime::{AdapterConfig, Adapters};
@@ -208,53 +208,6 @@ fn cases(args: &Args) -> Res<Vec<Case>> {
     }
 }
 
-/// Random base weights (N(0, 0.02), unit norms) under HF's names, in `dt` on `dev`.
-fn random_weights(
-    case: &Case,
-    dt: DType,
-    dev: &Device,
-) -> candle_core::Result<HashMap<String, Tensor>> {
-    let (h, i, v) = (case.hidden, case.mlp, case.vocab);
-    let hd = h / case.heads;
-    let kv = case.kv_heads * hd;
-    let mut shapes: Vec<(String, Vec<usize>, bool)> =
-        vec![("model.embed_tokens.weight".into(), vec![v, h], false)];
-    for l in 0..case.layers {
-        let p = format!("model.layers.{l}");
-        shapes.push((format!("{p}.input_layernorm.weight"), vec![h], true));
-        shapes.push((
-            format!("{p}.post_attention_layernorm.weight"),
-            vec![h],
-            true,
-        ));
-        for (name, dims) in [
-            ("self_attn.q_proj", vec![h, h]),
-            ("self_attn.k_proj", vec![kv, h]),
-            ("self_attn.v_proj", vec![kv, h]),
-            ("self_attn.o_proj", vec![h, h]),
-            ("mlp.gate_proj", vec![i, h]),
-            ("mlp.up_proj", vec![i, h]),
-            ("mlp.down_proj", vec![h, i]),
-        ] {
-            shapes.push((format!("{p}.{name}.weight"), dims, false));
-        }
-    }
-    shapes.push(("model.norm.weight".into(), vec![h], true));
-    if !case.tied {
-        shapes.push(("lm_head.weight".into(), vec![v, h], false));
-    }
-    let mut out = HashMap::new();
-    for (name, dims, ones) in shapes {
-        let t = if ones {
-            Tensor::ones(dims, dt, dev)?
-        } else {
-            Tensor::randn(0f32, 0.02, dims, dev)?.to_dtype(dt)?
-        };
-        out.insert(name, t);
-    }
-    Ok(out)
-}
-
 /// The model with DoRA on the seven projections, its optimizer and a random batch.
 struct Run {
     model: Llama,
@@ -269,7 +222,9 @@ impl Run {
         let cfg: adapters_runtime::models::llama::LlamaConfig =
             serde_json::from_value(case.config_json())?;
         let dt = case.dtype.to_candle();
-        let vb = VarBuilder::from_tensors(random_weights(case, dt, dev)?, dt, dev);
+        let weights: HashMap<String, Tensor> =
+            random_weights(&cfg, dt, dev, 0)?.into_iter().collect();
+        let vb = VarBuilder::from_tensors(weights, dt, dev);
         let mut model = Llama::load(&cfg, vb, BaseMode::Frozen)?;
         let adapter = case.adapter();
         model.attach_adapters_with(&VarMap::new(), 0, &mut |path, _| {

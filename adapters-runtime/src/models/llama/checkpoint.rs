@@ -117,18 +117,9 @@ pub fn load_checkpoint(
     })
 }
 
-/// A randomly initialised, fully trainable model (HF's init: N(0, 0.02) matrices, unit norms),
-/// seeded; its variables are in the returned [`VarMap`].
-pub fn init_random(
-    config: &LlamaConfig,
-    dtype: DType,
-    device: &Device,
-    seed: u64,
-) -> Result<(Llama, VarMap)> {
-    use rand::SeedableRng;
-    use rand_distr::{Distribution, Normal};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let normal = Normal::new(0.0f32, 0.02).map_err(candle_core::Error::wrap)?;
+/// Every base tensor of a model with this configuration, in checkpoint order:
+/// `(HF name, shape, whether it is a norm scale)`.
+pub fn tensor_shapes(config: &LlamaConfig) -> Vec<(String, Vec<usize>, bool)> {
     let (h, i, v, hd) = (
         config.hidden_size,
         config.intermediate_size,
@@ -162,6 +153,46 @@ pub fn init_random(
     if !config.tie_word_embeddings {
         shapes.push(("lm_head.weight".into(), vec![v, h], false));
     }
+    shapes
+}
+
+/// Random base weights under their HF names, as HF initialises a Llama (matrices N(0, 0.02),
+/// norm scales 1), drawn from a seeded generator in [`tensor_shapes`] order.
+pub fn random_weights(
+    config: &LlamaConfig,
+    dtype: DType,
+    device: &Device,
+    seed: u64,
+) -> Result<Vec<(String, Tensor)>> {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let normal = Normal::new(0.0f32, 0.02).map_err(candle_core::Error::wrap)?;
+    tensor_shapes(config)
+        .into_iter()
+        .map(|(name, dims, ones)| {
+            let n: usize = dims.iter().product();
+            let values: Vec<f32> = if ones {
+                vec![1.0; n]
+            } else {
+                (0..n).map(|_| normal.sample(&mut rng)).collect()
+            };
+            Ok((
+                name,
+                Tensor::from_vec(values, dims, device)?.to_dtype(dtype)?,
+            ))
+        })
+        .collect()
+}
+
+/// A randomly initialised, fully trainable model ([`random_weights`]); its variables are in the
+/// returned [`VarMap`].
+pub fn init_random(
+    config: &LlamaConfig,
+    dtype: DType,
+    device: &Device,
+    seed: u64,
+) -> Result<(Llama, VarMap)> {
     let varmap = VarMap::new();
     {
         let mut data = varmap
@@ -172,14 +203,7 @@ pub fn init_random(
                 op: "init",
                 reason: "the VarMap's lock is poisoned".into(),
             })?;
-        for (name, dims, ones) in shapes {
-            let n: usize = dims.iter().product();
-            let values: Vec<f32> = if ones {
-                vec![1.0; n]
-            } else {
-                (0..n).map(|_| normal.sample(&mut rng)).collect()
-            };
-            let t = Tensor::from_vec(values, dims, device)?.to_dtype(dtype)?;
+        for (name, t) in random_weights(config, dtype, device, seed)? {
             data.insert(name, Var::from_tensor(&t)?);
         }
     }

@@ -7,7 +7,9 @@ mod model;
 mod norm;
 mod rope;
 
-pub use checkpoint::{init_random, load_checkpoint, save_checkpoint, LoadedLlama};
+pub use checkpoint::{
+    init_random, load_checkpoint, random_weights, save_checkpoint, tensor_shapes, LoadedLlama,
+};
 pub use config::{LlamaConfig, RopeParameters};
 pub use model::{softmax_last, Attention, BaseMode, Block, Llama, LmHead, Mlp};
 pub use norm::RmsNorm;
