@@ -392,6 +392,30 @@ fn strict_load_checks_the_declared_config_lenient_does_not() {
         strict: false,
         ..Default::default()
     };
+    // Keys stay strict while the configuration comes from the file.
+    let from_file = LoadOptions {
+        config_from_file: true,
+        ..Default::default()
+    };
+    let mut renamed = CaseModel::bare("lora_r4", DType::F64, AdapterConfig::lora(8, 8.0));
+    let dir = TempDir::new("cfg-from-file");
+    renamed_adapter("lora_r4", dir.path(), |k| k.replace(".fc2.", ".other."));
+    let err = peft::load_adapter(&mut renamed, dir.path(), &from_file)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("base_model.model.other.lora_A.weight"),
+        "{err}"
+    );
+    let mut from_file_model = CaseModel::bare("lora_r4", DType::F64, AdapterConfig::lora(8, 8.0));
+    peft::load_adapter(&mut from_file_model, adapter_dir("lora_r4"), &from_file).unwrap();
+    assert_close(
+        "lora_r4 y (config from file)",
+        &from_file_model.forward(&CaseModel::input("lora_r4")),
+        &y_of("lora_r4"),
+        F64_TOL,
+    );
+
     let report = peft::load_adapter(&mut m, adapter_dir("lora_r4"), &lenient).unwrap();
     assert_eq!(report.loaded, ["fc1", "fc2"]);
     assert_close(
@@ -419,7 +443,7 @@ fn lenient_load_reports_unexpected_and_missing() {
         dir.path(),
         &LoadOptions {
             strict: false,
-            varmap: None,
+            ..Default::default()
         },
     );
     // `other` is not a target of the config (fc1, fc2): the file itself is inconsistent.
@@ -436,7 +460,7 @@ fn lenient_load_reports_unexpected_and_missing() {
         dir.path(),
         &LoadOptions {
             strict: false,
-            varmap: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -454,8 +478,8 @@ fn loaded_tensors_are_registered_in_the_varmap() {
         &mut m,
         adapter_dir("dora_r4"),
         &LoadOptions {
-            strict: true,
             varmap: Some(&varmap),
+            ..Default::default()
         },
     )
     .unwrap();

@@ -17,6 +17,10 @@ pub struct LoadOptions<'a> {
     /// rsLoRA must equal what the model declares. Lenient: unmatched tensors and layers are only
     /// reported, and the file's configuration wins. Shapes are always checked.
     pub strict: bool,
+    /// Keys and shapes stay strict, but each layer's rank, alpha, method and rsLoRA come from
+    /// `adapter_config.json` instead of having to equal the model's declaration — for models
+    /// whose adapter configuration is chosen at run time (e.g. [`crate::models::llama::Llama`]).
+    pub config_from_file: bool,
     /// Registers the loaded tensors here (as `attach_adapters` does) so training can resume.
     pub varmap: Option<&'a VarMap>,
 }
@@ -25,6 +29,7 @@ impl std::fmt::Debug for LoadOptions<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadOptions")
             .field("strict", &self.strict)
+            .field("config_from_file", &self.config_from_file)
             .field("varmap", &self.varmap.map(|_| "VarMap"))
             .finish()
     }
@@ -34,6 +39,7 @@ impl Default for LoadOptions<'_> {
     fn default() -> Self {
         LoadOptions {
             strict: true,
+            config_from_file: false,
             varmap: None,
         }
     }
@@ -79,7 +85,12 @@ pub fn load_adapter<M: Adapters + ?Sized>(
         match ckpt.module(&s.path) {
             Some(ad) => {
                 used.insert(s.path.as_str());
-                check_slot(s, ad, options.strict, &mut issues);
+                check_slot(
+                    s,
+                    ad,
+                    options.strict && !options.config_from_file,
+                    &mut issues,
+                );
             }
             None if ckpt.config.targets(&s.path) == Some(true) => {
                 if options.strict {
@@ -153,7 +164,7 @@ fn slots<M: Adapters + ?Sized>(model: &M) -> Result<Vec<Slot>> {
 }
 
 /// Checks one layer against its tensors: kind, shapes, bare state and (strict) configuration.
-fn check_slot(s: &Slot, ad: &ModuleAdapter, strict: bool, issues: &mut Vec<KeyIssue>) {
+fn check_slot(s: &Slot, ad: &ModuleAdapter, check_config: bool, issues: &mut Vec<KeyIssue>) {
     let key = ad.key(Role::A);
     if ad.kind != s.kind {
         let want = match s.kind {
@@ -191,7 +202,7 @@ fn check_slot(s: &Slot, ad: &ModuleAdapter, strict: bool, issues: &mut Vec<KeyIs
     if let Some(m) = &ad.magnitude {
         shape(Role::Magnitude, m, vec![dout]);
     }
-    if strict {
+    if check_config {
         let (d, f) = (s.declared, ad.config);
         let mut differ = |what: &str, want: String, got: String| {
             issues.push(KeyIssue::new(
