@@ -13,6 +13,8 @@
 //! * [`peft`]: PEFT adapter checkpoints both ways ([`save_adapter`], [`load_adapter`]) and merged
 //!   checkpoints ([`merge_checkpoint`]).
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod device;
 pub mod error;
