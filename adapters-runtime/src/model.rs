@@ -7,7 +7,7 @@
 use crate::config::AdapterConfig;
 use crate::error::{AdapterError, Result};
 use crate::estimate::Method;
-use crate::layers::{AdaptedEmbedding, AdaptedLinear};
+use crate::layers::{AdaptedEmbedding, AdaptedLayer, AdaptedLinear};
 use candle_core::{Tensor, Var};
 use candle_nn::VarMap;
 use std::collections::HashSet;
@@ -261,9 +261,32 @@ pub struct LayerSummary {
     pub merged: bool,
 }
 
+impl<'a> LayerRef<'a> {
+    /// The adapted layer behind the field (linear or embedding) and its declared configuration;
+    /// `None` for a frozen field.
+    pub fn adapted(&self) -> Option<(&'a dyn AdaptedLayer, AdapterConfig)> {
+        match *self {
+            LayerRef::Linear { layer, config } => Some((layer, config)),
+            LayerRef::Embedding { layer, config } => Some((layer, config)),
+            LayerRef::Frozen { .. } => None,
+        }
+    }
+}
+
+impl<'a> LayerMut<'a> {
+    /// The adapted layer behind the field and its declared configuration; `None` when frozen.
+    pub fn into_adapted(self) -> Option<(&'a mut dyn AdaptedLayer, AdapterConfig)> {
+        match self {
+            LayerMut::Linear { layer, config } => Some((layer, config)),
+            LayerMut::Embedding { layer, config } => Some((layer, config)),
+            LayerMut::Frozen { .. } => None,
+        }
+    }
+}
+
 /// The path a layer's adapter tensors are named under: its VarBuilder path, else its field path.
-fn layer_path(recorded: Option<&str>, info: &FieldInfo<'_>) -> String {
-    recorded.unwrap_or(info.path).to_string()
+pub fn checkpoint_path(layer: &dyn AdaptedLayer, info: &FieldInfo<'_>) -> String {
+    layer.path().unwrap_or(info.path).to_string()
 }
 
 /// Whole-model adapter operations, for every [`AdapterModel`].
@@ -287,92 +310,67 @@ pub trait Adapters: AdapterModel {
         self.check_declared()?;
         let mut seen = HashSet::new();
         self.visit_layers_mut("", &mut |info, layer| {
-            let named = match layer {
-                LayerMut::Linear { layer, config } => {
-                    let path = layer_path(layer.path(), info);
-                    layer.set_path(path.clone());
-                    let Some(config) = plan(&path, config) else {
-                        return Ok(());
-                    };
-                    layer.attach(config, seed)?;
-                    (path, layer.named_vars())
-                }
-                LayerMut::Embedding { layer, config } => {
-                    let path = layer_path(layer.path(), info);
-                    layer.set_path(path.clone());
-                    let Some(config) = plan(&path, config) else {
-                        return Ok(());
-                    };
-                    layer.attach(config, seed)?;
-                    (path, layer.named_vars())
-                }
-                LayerMut::Frozen { .. } => return Ok(()),
+            let Some((layer, declared)) = layer.into_adapted() else {
+                return Ok(());
             };
-            register(varmap, &mut seen, named)
+            let path = checkpoint_path(layer, info);
+            layer.set_path(path.clone());
+            let Some(config) = plan(&path, declared) else {
+                return Ok(());
+            };
+            layer.attach(config, seed)?;
+            if !seen.insert(path.clone()) {
+                return Err(AdapterError::DuplicatePath { path });
+            }
+            insert_vars(varmap, &path, layer.named_vars())
         })
     }
 
     /// Checks declared dimensions (and collection counts) against the loaded weights.
     fn check_declared(&self) -> Result<()> {
-        self.visit_layers("", &mut |info, layer| match layer {
-            LayerRef::Linear { layer, .. } => check_declared(
-                info,
-                Some((layer.in_features(), layer.out_features())),
-                layer.frozen_params(),
-                layer.bias().is_some(),
-            ),
-            LayerRef::Embedding { layer, .. } => check_declared(
-                info,
-                Some((layer.vocab_size(), layer.hidden_size())),
-                layer.frozen_params(),
-                false,
-            ),
-            LayerRef::Frozen { module } => check_declared(
+        self.visit_layers("", &mut |info, layer| match (layer.adapted(), layer) {
+            (Some((l, _)), _) => {
+                check_declared(info, Some(l.dims_in_out()), l.frozen_params(), l.has_bias())
+            }
+            (None, LayerRef::Frozen { module }) => check_declared(
                 info,
                 module.dims_in_out(),
                 module.frozen_params(),
                 module.has_bias(),
             ),
+            (None, _) => Ok(()),
         })
+    }
+
+    /// Runs `f(checkpoint path, layer)` on every adapted layer (attached or bare).
+    fn for_each_layer(&self, f: &mut dyn FnMut(&str, &dyn AdaptedLayer)) {
+        let _ = self.visit_layers("", &mut |info, layer| {
+            if let Some((l, _)) = layer.adapted() {
+                f(&checkpoint_path(l, info), l);
+            }
+            Ok(())
+        });
     }
 
     /// The adapted layers, in declaration order.
     fn adapter_layers(&self) -> Vec<LayerSummary> {
         let mut out = Vec::new();
-        let _ = self.visit_layers("", &mut |info, layer| {
-            let (path, ad, embedding, din, dout) = match layer {
-                LayerRef::Linear { layer, .. } => (
-                    layer_path(layer.path(), info),
-                    layer.adapter(),
-                    false,
-                    layer.in_features(),
-                    layer.out_features(),
-                ),
-                LayerRef::Embedding { layer, .. } => (
-                    layer_path(layer.path(), info),
-                    layer.adapter(),
-                    true,
-                    layer.vocab_size(),
-                    layer.hidden_size(),
-                ),
-                LayerRef::Frozen { .. } => return Ok(()),
-            };
-            if let Some(ad) = ad {
-                let c = ad.config();
-                out.push(LayerSummary {
-                    path,
-                    embedding,
-                    method: c.method,
-                    rank: c.rank,
-                    alpha: c.alpha,
-                    scaling: ad.scaling(),
-                    din,
-                    dout,
-                    trainable_params: crate::estimate::adapter_params(c.method, din, dout, c.rank),
-                    merged: ad.is_merged(),
-                });
-            }
-            Ok(())
+        self.for_each_layer(&mut |path, l| {
+            let Some(ad) = l.adapter() else { return };
+            let c = ad.config();
+            let (din, dout) = l.dims_in_out();
+            out.push(LayerSummary {
+                path: path.to_string(),
+                embedding: l.is_embedding(),
+                method: c.method,
+                rank: c.rank,
+                alpha: c.alpha,
+                scaling: ad.scaling(),
+                din,
+                dout,
+                trainable_params: l.trainable_params(),
+                merged: ad.is_merged(),
+            });
         });
         out
     }
@@ -380,18 +378,12 @@ pub trait Adapters: AdapterModel {
     /// Every trainable tensor with its full PEFT-style name (`<path>.lora_A.weight`, …).
     fn named_trainable_vars(&self) -> Vec<(String, Var)> {
         let mut out = Vec::new();
-        let _ = self.visit_layers("", &mut |info, layer| {
-            let (path, vars) = match layer {
-                LayerRef::Linear { layer, .. } => {
-                    (layer_path(layer.path(), info), layer.named_vars())
-                }
-                LayerRef::Embedding { layer, .. } => {
-                    (layer_path(layer.path(), info), layer.named_vars())
-                }
-                LayerRef::Frozen { .. } => return Ok(()),
-            };
-            out.extend(vars.into_iter().map(|(k, v)| (format!("{path}.{k}"), v)));
-            Ok(())
+        self.for_each_layer(&mut |path, l| {
+            out.extend(
+                l.named_vars()
+                    .into_iter()
+                    .map(|(k, v)| (format!("{path}.{k}"), v)),
+            );
         });
         out
     }
@@ -406,44 +398,34 @@ pub trait Adapters: AdapterModel {
 
     /// Merges every adapter into its base weight.
     fn merge_adapters(&mut self) -> Result<()> {
-        self.for_each_adapted(&mut |l| l.merge(), &mut |e| e.merge())
+        self.for_each_adapted(&mut |l| l.merge())
     }
 
     /// Unmerges every adapter.
     fn unmerge_adapters(&mut self) -> Result<()> {
-        self.for_each_adapted(&mut |l| l.unmerge(), &mut |e| e.unmerge())
+        self.for_each_adapted(&mut |l| l.unmerge())
     }
 
     /// Enables or disables every adapter (disabled: the base model's output).
     fn set_adapters_enabled(&mut self, enabled: bool) -> Result<()> {
-        self.for_each_adapted(&mut |l| l.set_enabled(enabled), &mut |e| {
-            e.set_enabled(enabled)
-        })
+        self.for_each_adapted(&mut |l| l.set_enabled(enabled))
     }
 
     /// Training mode for every adapter (dropout on the adapter input).
     fn set_adapters_training(&mut self, training: bool) -> Result<()> {
-        self.for_each_adapted(
-            &mut |l| {
-                l.set_training(training);
-                Ok(())
-            },
-            &mut |e| {
-                e.set_training(training);
-                Ok(())
-            },
-        )
+        self.for_each_adapted(&mut |l| {
+            l.set_training(training);
+            Ok(())
+        })
     }
 
-    /// Runs `lin` / `emb` on every adapted layer that has an adapter attached.
+    /// Runs `f` on every adapted layer that has an adapter attached.
     fn for_each_adapted(
         &mut self,
-        lin: &mut dyn FnMut(&mut AdaptedLinear) -> Result<()>,
-        emb: &mut dyn FnMut(&mut AdaptedEmbedding) -> Result<()>,
+        f: &mut dyn FnMut(&mut dyn AdaptedLayer) -> Result<()>,
     ) -> Result<()> {
-        self.visit_layers_mut("", &mut |_, layer| match layer {
-            LayerMut::Linear { layer, .. } if layer.adapter().is_some() => lin(layer),
-            LayerMut::Embedding { layer, .. } if layer.adapter().is_some() => emb(layer),
+        self.visit_layers_mut("", &mut |_, layer| match layer.into_adapted() {
+            Some((l, _)) if l.adapter().is_some() => f(l),
             _ => Ok(()),
         })
     }
@@ -451,14 +433,7 @@ pub trait Adapters: AdapterModel {
     /// Trainable parameters, counted on the attached adapters.
     fn trainable_params(&self) -> usize {
         let mut n = 0;
-        let _ = self.visit_layers("", &mut |_, layer| {
-            n += match layer {
-                LayerRef::Linear { layer, .. } => layer.trainable_params(),
-                LayerRef::Embedding { layer, .. } => layer.trainable_params(),
-                LayerRef::Frozen { .. } => 0,
-            };
-            Ok(())
-        });
+        self.for_each_layer(&mut |_, l| n += l.trainable_params());
         n
     }
 
@@ -466,10 +441,10 @@ pub trait Adapters: AdapterModel {
     fn frozen_params(&self) -> usize {
         let mut n = 0;
         let _ = self.visit_layers("", &mut |_, layer| {
-            n += match layer {
-                LayerRef::Linear { layer, .. } => layer.frozen_params(),
-                LayerRef::Embedding { layer, .. } => layer.frozen_params(),
-                LayerRef::Frozen { module } => module.frozen_params(),
+            n += match (layer.adapted(), layer) {
+                (Some((l, _)), _) => l.frozen_params(),
+                (None, LayerRef::Frozen { module }) => module.frozen_params(),
+                (None, _) => 0,
             };
             Ok(())
         });
@@ -478,17 +453,6 @@ pub trait Adapters: AdapterModel {
 }
 
 impl<T: AdapterModel + ?Sized> Adapters for T {}
-
-fn register(
-    varmap: &VarMap,
-    seen: &mut HashSet<String>,
-    (path, vars): (String, Vec<(String, Var)>),
-) -> Result<()> {
-    if !seen.insert(path.clone()) {
-        return Err(AdapterError::DuplicatePath { path });
-    }
-    insert_vars(varmap, &path, vars)
-}
 
 /// Inserts a layer's adapter tensors into `varmap` as `<path>.<name>`.
 pub(crate) fn insert_vars(varmap: &VarMap, path: &str, vars: Vec<(String, Var)>) -> Result<()> {

@@ -35,6 +35,9 @@ use std::time::Instant;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The modules adapted by default: all seven projections of every layer.
+const DEFAULT_TARGETS: &str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum MethodArg {
     Dora,
@@ -73,7 +76,7 @@ struct Args {
     /// Comma-separated module names to adapt.
     #[arg(
         long,
-        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+        default_value = DEFAULT_TARGETS
     )]
     targets: String,
     /// Optimizer steps.
@@ -235,7 +238,7 @@ fn run(args: Args) -> Res<()> {
         )
         .into());
     }
-    report_counts(&model, &args, base_dtype);
+    report_counts(&model, &args, base_dtype)?;
 
     let before = evaluate::score(&model, &tok, &eval_ex, &eval_batches, &device)?;
     print_scores("before fine-tuning", &before);
@@ -382,7 +385,7 @@ fn load_data(args: &Args) -> Res<(Vec<Example>, Vec<Example>)> {
 }
 
 /// Trainable vs total parameters, and for the default model the compile-time constants.
-fn report_counts(model: &Llama, args: &Args, dtype: BaseDType) {
+fn report_counts(model: &Llama, args: &Args, dtype: BaseDType) -> Res<()> {
     let (trainable, frozen) = (model.trainable_params(), model.frozen_params());
     println!(
         "adapters: {} on {} modules; trainable {trainable} of {} parameters ({:.3}%)",
@@ -419,21 +422,19 @@ fn report_counts(model: &Llama, args: &Args, dtype: BaseDType) {
         );
         let default_run = matches!(args.method, MethodArg::Dora)
             && args.rank == 8
-            && args.targets == Args::parse_from(["x"]).targets;
+            && args.targets == DEFAULT_TARGETS;
         if default_run {
-            assert_eq!(
-                DefaultLlama::TRAINABLE_PARAMS,
-                trainable,
-                "compile-time and runtime trainable counts agree"
-            );
-            assert_eq!(
-                DefaultLlama::FROZEN_PARAMS,
-                frozen,
-                "compile-time and runtime frozen counts agree"
-            );
+            let consts = (DefaultLlama::TRAINABLE_PARAMS, DefaultLlama::FROZEN_PARAMS);
+            if consts != (trainable, frozen) {
+                return Err(format!(
+                    "compile-time (trainable, frozen) = {consts:?} but the loaded model counts ({trainable}, {frozen})"
+                )
+                .into());
+            }
             println!("  = the runtime counts of the loaded model");
         }
     }
+    Ok(())
 }
 
 fn print_scores(when: &str, s: &evaluate::Scores) {

@@ -387,23 +387,10 @@ impl AdapterModel for Projections {
     }
 }
 
-/// A deterministic pseudo-random tensor with entries in [-scale, scale).
+/// [`common::rand_tensor`] on the CPU (these tests write it into files).
 pub fn rand_tensor(seed: u64, dims: &[usize], scale: f64, dtype: DType) -> Tensor {
-    let n: usize = dims.iter().product();
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let v: Vec<f64> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
-        })
-        .collect();
-    Tensor::from_vec(v, dims, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
+    common::rand_tensor(seed, dims, scale, dtype)
+        .to_device(&Device::Cpu)
         .unwrap()
 }
 

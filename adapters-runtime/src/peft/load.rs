@@ -2,7 +2,7 @@
 
 use crate::config::AdapterConfig;
 use crate::error::{AdapterError, KeyIssue, Result};
-use crate::model::{Adapters, LayerMut, LayerRef};
+use crate::model::{checkpoint_path, Adapters};
 use crate::peft::checkpoint::{AdapterCheckpoint, ModuleAdapter};
 use crate::peft::keys::{Kind, Role};
 use candle_nn::VarMap;
@@ -137,22 +137,21 @@ fn slots<M: Adapters + ?Sized>(model: &M) -> Result<Vec<Slot>> {
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     model.visit_layers("", &mut |info, layer| {
-        let slot = match layer {
-            LayerRef::Linear { layer, config } => Slot {
-                path: layer.path().unwrap_or(info.path).to_string(),
-                kind: Kind::Linear,
-                shape: [layer.out_features(), layer.in_features()],
-                declared: config,
-                attached: layer.adapter().is_some(),
-            },
-            LayerRef::Embedding { layer, config } => Slot {
-                path: layer.path().unwrap_or(info.path).to_string(),
-                kind: Kind::Embedding,
-                shape: [layer.vocab_size(), layer.hidden_size()],
-                declared: config,
-                attached: layer.adapter().is_some(),
-            },
-            LayerRef::Frozen { .. } => return Ok(()),
+        let Some((layer, declared)) = layer.adapted() else {
+            return Ok(());
+        };
+        let (din, dout) = layer.dims_in_out();
+        let (kind, shape) = if layer.is_embedding() {
+            (Kind::Embedding, [din, dout])
+        } else {
+            (Kind::Linear, [dout, din])
+        };
+        let slot = Slot {
+            path: checkpoint_path(layer, info),
+            kind,
+            shape,
+            declared,
+            attached: layer.adapter().is_some(),
         };
         if !seen.insert(slot.path.clone()) {
             return Err(AdapterError::DuplicatePath { path: slot.path });
@@ -234,27 +233,16 @@ fn attach_all<M: Adapters + ?Sized>(
     report: &mut LoadReport,
 ) -> Result<()> {
     model.visit_layers_mut("", &mut |info, layer| {
-        let (path, named) = match layer {
-            LayerMut::Linear { layer, .. } => {
-                let path = layer.path().unwrap_or(info.path).to_string();
-                let Some(ad) = ckpt.module(&path) else {
-                    return Ok(());
-                };
-                layer.set_path(path.clone());
-                layer.attach_weights(ad.config, &ad.a, &ad.b, ad.magnitude.as_ref())?;
-                (path, layer.named_vars())
-            }
-            LayerMut::Embedding { layer, .. } => {
-                let path = layer.path().unwrap_or(info.path).to_string();
-                let Some(ad) = ckpt.module(&path) else {
-                    return Ok(());
-                };
-                layer.set_path(path.clone());
-                layer.attach_weights(ad.config, &ad.a, &ad.b, ad.magnitude.as_ref())?;
-                (path, layer.named_vars())
-            }
-            LayerMut::Frozen { .. } => return Ok(()),
+        let Some((layer, _)) = layer.into_adapted() else {
+            return Ok(());
         };
+        let path = checkpoint_path(layer, info);
+        let Some(ad) = ckpt.module(&path) else {
+            return Ok(());
+        };
+        layer.set_path(path.clone());
+        layer.attach_weights(ad.config, &ad.a, &ad.b, ad.magnitude.as_ref())?;
+        let named = layer.named_vars();
         if let Some(vm) = options.varmap {
             crate::model::insert_vars(vm, &path, named)?;
         }

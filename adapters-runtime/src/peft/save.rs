@@ -3,7 +3,7 @@
 use crate::config::AdapterConfig;
 use crate::error::{AdapterError, Result};
 use crate::estimate::BaseDType;
-use crate::model::{Adapters, LayerRef};
+use crate::model::{checkpoint_path, Adapters};
 use crate::peft::atomic::Staging;
 use crate::peft::checkpoint::WEIGHTS_FILE;
 use crate::peft::config::{json_number, PeftConfig, TargetModules, CONFIG_FILE};
@@ -102,28 +102,19 @@ fn collect<M: Adapters + ?Sized>(model: &M) -> Result<(Vec<Saved>, HashSet<Strin
     let mut bare = HashSet::new();
     let mut seen = HashSet::new();
     model.visit_layers("", &mut |info, layer| {
-        let (path, ad, vars) = match layer {
-            LayerRef::Linear { layer, .. } => (
-                layer.path().unwrap_or(info.path),
-                layer.adapter(),
-                layer.named_vars(),
-            ),
-            LayerRef::Embedding { layer, .. } => (
-                layer.path().unwrap_or(info.path),
-                layer.adapter(),
-                layer.named_vars(),
-            ),
-            LayerRef::Frozen { .. } => (info.path, None, Vec::new()),
+        let (path, ad, vars) = match layer.adapted() {
+            Some((l, _)) => (checkpoint_path(l, info), l.adapter(), l.named_vars()),
+            None => (info.path.to_string(), None, Vec::new()),
         };
         let Some(ad) = ad else {
-            bare.insert(keys::last_component(path).to_string());
+            bare.insert(keys::last_component(&path).to_string());
             return Ok(());
         };
-        if !seen.insert(path.to_string()) {
-            return Err(AdapterError::DuplicatePath { path: path.into() });
+        if !seen.insert(path.clone()) {
+            return Err(AdapterError::DuplicatePath { path });
         }
         layers.push(Saved {
-            path: path.into(),
+            path,
             config: *ad.config(),
             vars,
         });

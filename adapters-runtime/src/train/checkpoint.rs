@@ -9,7 +9,8 @@
 //! never leaves a half-written checkpoint under the final name.
 
 use crate::error::{AdapterError, Result};
-use crate::model::{Adapters, LayerRef};
+use crate::model::Adapters;
+use crate::peft::atomic::{parent_of, Staging};
 use crate::train::batch::DataPosition;
 use crate::train::metrics::EvalMetrics;
 use crate::train::optim::AdamW;
@@ -103,22 +104,10 @@ pub fn prune_checkpoints(root: &Path, keep: usize) -> Result<()> {
 /// The dropout counters of every attached adapter, by layer path.
 pub fn dropout_steps<M: Adapters + ?Sized>(model: &M) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
-    let _ = model.visit_layers("", &mut |info, layer| {
-        let (path, ad) = match layer {
-            LayerRef::Linear { layer, .. } => (
-                layer.path().unwrap_or(info.path).to_string(),
-                layer.adapter(),
-            ),
-            LayerRef::Embedding { layer, .. } => (
-                layer.path().unwrap_or(info.path).to_string(),
-                layer.adapter(),
-            ),
-            LayerRef::Frozen { .. } => return Ok(()),
-        };
-        if let Some(ad) = ad {
-            out.insert(path, ad.dropout_step());
+    model.for_each_layer(&mut |path, l| {
+        if let Some(ad) = l.adapter() {
+            out.insert(path.to_string(), ad.dropout_step());
         }
-        Ok(())
     });
     out
 }
@@ -147,23 +136,12 @@ pub fn set_dropout_steps<M: Adapters + ?Sized>(
     dir: &Path,
 ) -> Result<()> {
     check_dropout_keys(model, steps, dir)?;
-    model.visit_layers("", &mut |info, layer| {
-        let (path, ad) = match layer {
-            LayerRef::Linear { layer, .. } => (
-                layer.path().unwrap_or(info.path).to_string(),
-                layer.adapter(),
-            ),
-            LayerRef::Embedding { layer, .. } => (
-                layer.path().unwrap_or(info.path).to_string(),
-                layer.adapter(),
-            ),
-            LayerRef::Frozen { .. } => return Ok(()),
-        };
-        if let (Some(ad), Some(&s)) = (ad, steps.get(&path)) {
+    model.for_each_layer(&mut |path, l| {
+        if let (Some(ad), Some(&s)) = (l.adapter(), steps.get(path)) {
             ad.set_dropout_step(s);
         }
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
 /// A saver that writes the model's adapter into a folder (e.g. PEFT's `save_adapter`).
@@ -177,20 +155,10 @@ pub fn save_checkpoint<M: Adapters + ?Sized>(
     state: &TrainerState,
     save_adapter: Option<&AdapterSaver<'_, M>>,
 ) -> Result<()> {
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "checkpoint".into());
+    let parent = parent_of(dir);
     std::fs::create_dir_all(&parent)
         .map_err(|e| AdapterError::io("creating checkpoint folder", &parent, e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.tmp-"))
-        .tempdir_in(&parent)
-        .map_err(|e| AdapterError::io("creating a temporary folder in", &parent, e))?;
+    let tmp = Staging::new(dir)?;
     let trainable: HashMap<String, Tensor> = model
         .named_trainable_vars()
         .into_iter()
@@ -211,21 +179,7 @@ pub fn save_checkpoint<M: Adapters + ?Sized>(
         let adapter_dir = tmp.path().join(ADAPTER_DIR);
         save(model, &adapter_dir)?;
     }
-    let staged = tmp.keep();
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    let replaced = dir.exists();
-    if replaced {
-        let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(dir, &old)
-            .map_err(|e| AdapterError::io("moving aside the previous checkpoint", dir, e))?;
-    }
-    std::fs::rename(&staged, dir)
-        .map_err(|e| AdapterError::io("renaming checkpoint into", dir, e))?;
-    if replaced {
-        std::fs::remove_dir_all(&old)
-            .map_err(|e| AdapterError::io("removing the previous checkpoint", &old, e))?;
-    }
-    Ok(())
+    tmp.commit(false)
 }
 
 fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {

@@ -422,15 +422,7 @@ fn scalar(loss: &Tensor) -> Result<f64> {
 /// Whether any attached adapter is in training mode.
 fn adapters_training<M: Adapters + ?Sized>(model: &M) -> bool {
     let mut any = false;
-    let _ = model.visit_layers("", &mut |_, layer| {
-        let ad = match layer {
-            crate::model::LayerRef::Linear { layer, .. } => layer.adapter(),
-            crate::model::LayerRef::Embedding { layer, .. } => layer.adapter(),
-            crate::model::LayerRef::Frozen { .. } => None,
-        };
-        any |= ad.is_some_and(|a| a.is_training());
-        Ok(())
-    });
+    model.for_each_layer(&mut |_, l| any |= l.adapter().is_some_and(|a| a.is_training()));
     any
 }
 

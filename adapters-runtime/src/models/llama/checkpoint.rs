@@ -5,6 +5,7 @@ use super::config::LlamaConfig;
 use super::model::{BaseMode, Llama};
 use crate::error::{AdapterError, Result};
 use crate::peft::atomic::Staging;
+use crate::peft::model_files::BaseModel;
 use crate::peft::st_write::tensor_bytes;
 use candle_core::Var;
 use candle_core::{DType, Device, Tensor};
@@ -24,44 +25,11 @@ pub struct LoadedLlama {
     pub varmap: Option<VarMap>,
 }
 
-/// The weights files of an HF folder: `model.safetensors`, or the shards of the index.
+/// The weights files of an HF folder (`model.safetensors`, or the shards of
+/// `model.safetensors.index.json`), their headers checked so a corrupt file is a clear error.
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let index = dir.join("model.safetensors.index.json");
-    if index.exists() {
-        let text =
-            std::fs::read_to_string(&index).map_err(|e| AdapterError::io("reading", &index, e))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| AdapterError::Json {
-                path: index.clone(),
-                source,
-            })?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| AdapterError::Config {
-                path: index.clone(),
-                field: "weight_map".into(),
-                expected: "an object of tensor name → shard file".into(),
-                actual: "missing".into(),
-            })?;
-        let mut files: Vec<PathBuf> = map
-            .values()
-            .filter_map(|f| f.as_str())
-            .map(|f| dir.join(f))
-            .collect();
-        files.sort();
-        files.dedup();
-        return Ok(files);
-    }
-    let single = dir.join("model.safetensors");
-    if single.exists() {
-        return Ok(vec![single]);
-    }
-    Err(AdapterError::io(
-        "reading model weights (model.safetensors or model.safetensors.index.json) in",
-        dir,
-        std::io::Error::new(std::io::ErrorKind::NotFound, "not found"),
-    ))
+    let base = BaseModel::open(dir)?;
+    Ok(base.shards.iter().map(|(name, _)| dir.join(name)).collect())
 }
 
 /// Loads an HF Llama folder with its base weights in `dtype` on `device`. Frozen: the files are
