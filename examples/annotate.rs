@@ -190,12 +190,12 @@ fn main() -> Result<()> {
         (
             "TRAINABLE_PARAMS",
             TinyLlama::TRAINABLE_PARAMS,
-            model.trainable_params(),
+            model.trainable_params()?,
         ),
         (
             "FROZEN_PARAMS",
             TinyLlama::FROZEN_PARAMS,
-            model.frozen_params(),
+            model.frozen_params()?,
         ),
         (
             "trainable in the VarMap",
@@ -224,7 +224,7 @@ fn main() -> Result<()> {
         TinyLlama::VRAM_BYTES,
         adapters_runtime::estimate::human_bytes(TinyLlama::VRAM_BYTES)
     );
-    let layers = model.adapter_layers();
+    let layers = model.adapter_layers()?;
     println!("\n{} adapted layers, e.g.:", layers.len());
     for l in layers.iter().take(3) {
         println!(
@@ -233,7 +233,7 @@ fn main() -> Result<()> {
         );
     }
     println!("\nmax |adapted - base| right after attach: {drift:e}");
-    assert_eq!(model.trainable_params(), TinyLlama::TRAINABLE_PARAMS);
-    assert_eq!(model.frozen_params(), TinyLlama::FROZEN_PARAMS);
+    assert_eq!(model.trainable_params()?, TinyLlama::TRAINABLE_PARAMS);
+    assert_eq!(model.frozen_params()?, TinyLlama::FROZEN_PARAMS);
     Ok(())
 }

@@ -29,7 +29,7 @@ use adapters_runtime::candle_core::{self as candle_core, DType, Device, Tensor};
 use adapters_runtime::candle_nn::{VarBuilder, VarMap};
 use adapters_runtime::estimate::{human_bytes, BaseDType, Method};
 use adapters_runtime::models::llama::{random_weights, BaseMode, Llama};
-use adapters_runtime::peft::{estimate_training, EstimateRequest, TrainingEstimate};
+use adapters_runtime::train::{estimate_training, EstimateRequest, TrainingEstimate};
 use adapters_runtime::train::{clip_grad_norm, masked_cross_entropy, AdamW, AdamWConfig, Grads};
 use adapters_runtime::{AdapterConfig, Adapters};
 use clap::Parser;
@@ -111,7 +111,7 @@ impl Case {
     }
 
     fn estimate(&self) -> Res<TrainingEstimate> {
-        let cfg: adapters_runtime::peft::LlamaConfig = serde_json::from_value(self.config_json())?;
+        let cfg: adapters_runtime::hf::LlamaConfig = serde_json::from_value(self.config_json())?;
         let request = EstimateRequest {
             method: Method::Dora,
             rank: self.rank,
@@ -231,7 +231,7 @@ impl Run {
             (!path.contains("embed_tokens")).then_some(adapter)
         })?;
         model.set_adapters_training(true)?;
-        let opt = AdamW::new(model.named_trainable_vars(), AdamWConfig::default())?;
+        let opt = AdamW::new(model.named_trainable_vars()?, AdamWConfig::default())?;
         let n = case.batch * case.seq;
         let tokens = |seed: u64| -> candle_core::Result<Tensor> {
             let v: Vec<u32> = (0..n as u64)

@@ -8,7 +8,9 @@ mod peft_support;
 
 use adapters_runtime::candle_core::{DType, Tensor};
 use adapters_runtime::estimate::{self, BaseDType, Method};
-use adapters_runtime::peft::{self, EstimateRequest, LlamaConfig, MergeOptions};
+use adapters_runtime::hf::LlamaConfig;
+use adapters_runtime::peft::{self, MergeOptions};
+use adapters_runtime::train::{estimate_training, EstimateRequest};
 use adapters_runtime::AdapterError;
 use peft_support::*;
 use std::collections::{BTreeMap, HashMap};
@@ -577,30 +579,30 @@ fn estimate_uses_the_const_formulas() {
         dtype: BaseDType::BF16,
         batch_tokens: 4096,
     };
-    let e = peft::estimate_training(&cfg, &req).unwrap();
+    let e = estimate_training(&cfg, &req).unwrap();
     let (h, i, v, n, kv) = (64, 160, 96, 2, 32);
-    let layer = 2 * estimate::linear_params(h, h, false)
-        + 2 * estimate::linear_params(h, kv, false)
-        + 3 * estimate::linear_params(h, i, false);
-    let frozen = 2 * estimate::embedding_params(v, h) + n * layer + (2 * n + 1) * h;
+    let layer = 2 * estimate::linear_params(h, h, false).unwrap()
+        + 2 * estimate::linear_params(h, kv, false).unwrap()
+        + 3 * estimate::linear_params(h, i, false).unwrap();
+    let frozen = 2 * estimate::embedding_params(v, h).unwrap() + n * layer + (2 * n + 1) * h;
     assert_eq!(e.frozen_params, frozen);
     assert_eq!(e.frozen_params, 98_624);
     let trainable = n
-        * (estimate::adapter_params(Method::Dora, h, h, 16)
-            + estimate::adapter_params(Method::Dora, h, kv, 16));
+        * (estimate::adapter_params(Method::Dora, h, h, 16).unwrap()
+            + estimate::adapter_params(Method::Dora, h, kv, 16).unwrap());
     assert_eq!(e.trainable_params, trainable);
     let bt = BaseDType::BF16;
     let per_token = n
-        * (estimate::activation_bytes_adapted_linear(Method::Dora, h, h, 16, bt)
-            + estimate::activation_bytes_adapted_linear(Method::Dora, h, kv, 16, bt)
-            + estimate::activation_bytes_frozen_linear(h, bt) * 2
-            + estimate::activation_bytes_frozen_linear(h, bt) * 2
-            + estimate::activation_bytes_frozen_linear(i, bt))
-        + estimate::activation_bytes_frozen_linear(h, bt);
+        * (estimate::activation_bytes_adapted_linear(Method::Dora, h, h, 16, bt).unwrap()
+            + estimate::activation_bytes_adapted_linear(Method::Dora, h, kv, 16, bt).unwrap()
+            + estimate::activation_bytes_frozen_linear(h, bt).unwrap() * 2
+            + estimate::activation_bytes_frozen_linear(h, bt).unwrap() * 2
+            + estimate::activation_bytes_frozen_linear(i, bt).unwrap())
+        + estimate::activation_bytes_frozen_linear(h, bt).unwrap();
     assert_eq!(e.activation_bytes_per_token, per_token);
     assert_eq!(
         e.total_bytes,
-        estimate::vram_bytes(frozen, bt, trainable, 4096 * per_token)
+        estimate::vram_bytes(frozen, bt, trainable, 4096 * per_token).unwrap()
     );
     assert_eq!(
         e.base_bytes + e.adapter_bytes + e.gradient_bytes + e.optimizer_bytes + e.activation_bytes,
@@ -625,7 +627,7 @@ fn estimate_uses_the_const_formulas() {
         ..req.clone()
     };
     assert_eq!(
-        peft::estimate_training(&cfg, &all).unwrap().adapted_layers,
+        estimate_training(&cfg, &all).unwrap().adapted_layers,
         14
     );
     let tied = LlamaConfig {
@@ -633,14 +635,14 @@ fn estimate_uses_the_const_formulas() {
         ..cfg.clone()
     };
     assert_eq!(
-        peft::estimate_training(&tied, &req).unwrap().frozen_params,
+        estimate_training(&tied, &req).unwrap().frozen_params,
         frozen - v * h
     );
     let bad = EstimateRequest {
         targets: vec!["qproj".into()],
         ..req
     };
-    let err = peft::estimate_training(&cfg, &bad).unwrap_err().to_string();
+    let err = estimate_training(&cfg, &bad).unwrap_err().to_string();
     assert!(err.contains("\"qproj\"") && err.contains("q_proj"), "{err}");
 }
 

@@ -3,13 +3,23 @@
 
 mod common;
 
-use adapters_runtime::candle_core::{DType, Module, Tensor};
-use adapters_runtime::layers::dora_norm::{
-    dense_norm, factored_norm, row_sq_norms, weight_times_at,
-};
+use adapters_runtime::candle_core::{DType, Module, Tensor, D};
+use adapters_runtime::layers::dora_norm::{factored_norm, row_sq_norms, weight_times_at};
 use adapters_runtime::{AdaptedEmbedding, AdaptedLinear, AdapterConfig};
 use common::{assert_close, rand_tensor, rel_err, test_device};
 use proptest::prelude::*;
+
+/// The dense reference: `‖W + s·B·A‖` per row, forming the full matrix.
+fn dense_norm(
+    w: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    s: f64,
+) -> adapters_runtime::candle_core::Result<Tensor> {
+    let dt = a.dtype();
+    let full = (w.to_dtype(dt)? + (b.matmul(a)? * s)?)?;
+    full.sqr()?.sum(D::Minus1)?.sqrt()
+}
 
 /// A DoRA layer over `w` with random A and B (no magnitude given: m = n).
 fn dora(w: Tensor, r: usize, alpha: f64, seed: u64) -> AdaptedLinear {

@@ -7,7 +7,7 @@ mod common;
 
 use adapters_runtime::candle_core::{DType, Tensor};
 use adapters_runtime::candle_nn::VarMap;
-use adapters_runtime::models::llama::{load_checkpoint, BaseMode};
+use adapters_runtime::models::llama::{load_pretrained, BaseMode};
 use adapters_runtime::{load_adapter, Adapters, LoadOptions};
 use common::{assert_close, fixture_dir, load, test_device};
 
@@ -25,7 +25,7 @@ fn ids() -> Tensor {
 fn reproduces_transformers_and_peft_logits() {
     let dir = fixture_dir("tiny_llama_dora");
     let io = load("tiny_llama_dora", "io.safetensors");
-    let mut m = load_checkpoint(
+    let mut m = load_pretrained(
         &dir.join("model"),
         DType::F32,
         &test_device(),
@@ -42,7 +42,7 @@ fn reproduces_transformers_and_peft_logits() {
 
     let report = load_adapter(&mut m, dir.join("adapter"), &LoadOptions::default()).unwrap();
     let _ = report;
-    assert_eq!(m.adapter_layers().len(), 14, "7 projections × 2 layers");
+    assert_eq!(m.adapter_layers().unwrap().len(), 14, "7 projections × 2 layers");
     assert_close(
         "logits_adapted",
         &m.forward(&ids()).unwrap(),
@@ -66,13 +66,13 @@ fn reproduces_transformers_and_peft_logits() {
 #[test]
 fn every_adapter_tensor_gets_a_gradient() {
     let dir = fixture_dir("tiny_llama_dora").join("model");
-    let mut m = load_checkpoint(&dir, DType::F32, &test_device(), BaseMode::Frozen)
+    let mut m = load_pretrained(&dir, DType::F32, &test_device(), BaseMode::Frozen)
         .unwrap()
         .model;
     let varmap = VarMap::new();
     // Embedding too, so the lowest layer of the model is covered.
     m.attach_adapters(&varmap, 7).unwrap();
-    let vars = m.named_trainable_vars();
+    let vars = m.named_trainable_vars().unwrap();
     assert_eq!(
         vars.len(),
         3 * 15,

@@ -9,7 +9,7 @@ use adapters_runtime::train::data::parse_jsonl;
 use adapters_runtime::train::tokenizer::{BYTE_BOS, BYTE_EOS, BYTE_PAD};
 use adapters_runtime::train::{
     encode_chat_prompt, encode_example, load_jsonl, prepare, split_train_eval, Batch, BatchLoader,
-    BatchSource, Example, LoadOptions, Message, PackMode, PackOptions, Sequence, Tokenizer,
+    BatchSource, Example, JsonlOptions, Message, PackMode, PackOptions, Sequence, Tokenizer,
 };
 use adapters_runtime::AdapterError;
 use std::path::Path;
@@ -26,7 +26,7 @@ fn parses_every_form_and_skips_blank_lines() {
     let dir = scratch("parse");
     let path = dir.join("data.jsonl");
     std::fs::write(&path, GOOD).unwrap();
-    let ds = load_jsonl(&path, &LoadOptions::default()).unwrap();
+    let ds = load_jsonl(&path, &JsonlOptions::default()).unwrap();
     assert_eq!(ds.lines, vec![1, 2, 4]);
     assert_eq!(ds.examples[0], Example::Text("hi".into()));
     assert_eq!(
@@ -90,7 +90,7 @@ fn bad_lines_name_the_file_and_line() {
         match parse_jsonl(
             text.as_bytes(),
             Path::new("train.jsonl"),
-            &LoadOptions::default(),
+            &JsonlOptions::default(),
         ) {
             Err(e @ AdapterError::DataLine { .. }) => {
                 let AdapterError::DataLine {
@@ -120,7 +120,7 @@ fn bad_lines_name_the_file_and_line() {
     let e = parse_jsonl(
         b"{\"text\": \"a\"}\n\xff\xfe\n",
         Path::new("x"),
-        &LoadOptions::default(),
+        &JsonlOptions::default(),
     )
     .unwrap_err();
     assert!(matches!(e, AdapterError::DataLine { line: 2, .. }), "{e}");
@@ -133,7 +133,7 @@ fn skip_bad_lines_counts_them() {
     let ds = parse_jsonl(
         text.as_bytes(),
         Path::new("d.jsonl"),
-        &LoadOptions {
+        &JsonlOptions {
             skip_bad_lines: true,
         },
     )
@@ -151,14 +151,14 @@ fn skip_bad_lines_counts_them() {
     let e = parse_jsonl(
         b"x\n",
         Path::new("d.jsonl"),
-        &LoadOptions {
+        &JsonlOptions {
             skip_bad_lines: true,
         },
     )
     .unwrap_err();
     assert!(e.to_string().contains("1 bad line(s) skipped"), "{e}");
     // A missing file is an I/O error naming it.
-    let e = load_jsonl("/nonexistent/train.jsonl", &LoadOptions::default()).unwrap_err();
+    let e = load_jsonl("/nonexistent/train.jsonl", &JsonlOptions::default()).unwrap_err();
     assert!(e.to_string().contains("/nonexistent/train.jsonl"), "{e}");
 }
 

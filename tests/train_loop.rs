@@ -4,7 +4,7 @@
 
 mod train_support;
 
-use adapters_runtime::train::checkpoint::{
+use adapters_runtime::train::train_state::{
     dropout_steps, list_checkpoints, ADAPTER_DIR, OPTIMIZER_FILE, STATE_FILE, TRAINABLE_FILE,
 };
 use adapters_runtime::train::metrics::read_metrics;
@@ -82,7 +82,7 @@ fn run(
                 std::fs::create_dir_all(d).unwrap();
                 std::fs::write(
                     d.join("names.txt"),
-                    m.named_trainable_vars()
+                    m.named_trainable_vars().unwrap()
                         .iter()
                         .map(|(n, _)| n.clone())
                         .collect::<Vec<_>>()
@@ -137,7 +137,7 @@ fn resume_after_a_crash_continues_exactly_as_the_uninterrupted_run() {
         ckpt.join(ADAPTER_DIR).join("names.txt").is_file(),
         "the adapter saver wrote into adapter/"
     );
-    let saved_dropout = dropout_steps(&crashed_model);
+    let saved_dropout = dropout_steps(&crashed_model).unwrap();
     assert!(
         saved_dropout["fc1"] > 0,
         "fc1 uses dropout: {saved_dropout:?}"
@@ -158,8 +158,8 @@ fn resume_after_a_crash_continues_exactly_as_the_uninterrupted_run() {
         "bit-identical parameters"
     );
     assert_eq!(
-        dropout_steps(&resumed_model),
-        dropout_steps(&straight_model)
+        dropout_steps(&resumed_model).unwrap(),
+        dropout_steps(&straight_model).unwrap()
     );
 
     // Metrics hold each step once, the crashed run's partial step 5 never logged.

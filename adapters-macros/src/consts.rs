@@ -30,12 +30,9 @@ struct Terms {
     act: Vec<TokenStream>,
 }
 
-/// `a + b + c`, or `0`.
-fn sum(terms: &[TokenStream]) -> TokenStream {
-    if terms.is_empty() {
-        return quote!(0);
-    }
-    quote!(#(#terms)+*)
+/// The checked sum of `Option<usize>` terms (`estimate::sum`).
+fn sum(e: &TokenStream, terms: &[TokenStream]) -> TokenStream {
+    quote!(#e::sum(&[#(#terms),*]))
 }
 
 /// A local of the generated code, invisible to the user's expressions (mixed-site hygiene).
@@ -122,42 +119,37 @@ fn known_sizes(input: &Input, p: &TokenStream) -> TokenStream {
     let e = quote!(#p::estimate);
     let dtype = dtype(input, p);
     let lets = &t.lets;
-    let trainable = sum(&t.trainable);
-    let own_frozen = sum(&t.own_frozen);
-    let nested_frozen = &t.nested_frozen;
-    let nested_base = sum(&t.nested_base);
-    let act = sum(&t.act);
+    let trainable = sum(&e, &t.trainable);
+    let own_frozen = sum(&e, &t.own_frozen);
+    let nested_frozen = sum(&e, &t.nested_frozen);
+    let nested_base = sum(&e, &t.nested_base);
+    let act = sum(&e, &t.act);
     let batch_tokens = input
         .attr
         .batch_tokens
         .as_ref()
         .map_or_else(|| quote!(0), |b| b.value.to_token_stream());
-    let [tr, fr, nb, ac, bt] = [
-        "__trainable",
-        "__own_frozen",
-        "__nested_base",
-        "__act",
-        "__batch_tokens",
-    ]
-    .map(local);
-    let ok = quote! {
-        ::core::result::Result::Ok({
-            #(#lets)*
-            let #tr: #usize = #trainable;
-            let #fr: #usize = #own_frozen;
-            let #nb: #usize = #nested_base;
-            let #ac: #usize = #act;
-            let #bt: #usize = (#batch_tokens);
-            [
-                #tr,
-                #fr #(+ #nested_frozen)*,
-                #e::adapter_bytes(#tr),
-                #e::base_bytes(#fr, #dtype) + #nb,
-                #ac,
-                #e::vram_bytes(#fr, #dtype, #tr, #bt * #ac) + #nb,
-            ]
-        })
-    };
+    let (bt, sz) = (local("__batch_tokens"), local("__sizes"));
+    let overflow = format!(
+        "the sizes of `{}` overflow `usize`: a dimension, rank or count is too large",
+        input.item.ident
+    );
+    let ok = quote! {{
+        #(#lets)*
+        let #bt: #usize = (#batch_tokens);
+        match #e::struct_sizes(
+            #trainable,
+            #own_frozen,
+            #nested_frozen,
+            #nested_base,
+            #act,
+            #bt,
+            #dtype,
+        ) {
+            ::core::option::Option::Some(#sz) => ::core::result::Result::Ok(#sz),
+            ::core::option::Option::None => ::core::result::Result::Err(#overflow),
+        }
+    }};
     if t.nested.is_empty() {
         return ok;
     }
@@ -241,7 +233,7 @@ fn terms(input: &Input, p: &TokenStream) -> Terms {
             Role::Frozen => {
                 if let Some(params) = &a.params {
                     let id = bind("params", &params.value);
-                    t.own_frozen.push(quote!(#id));
+                    t.own_frozen.push(quote!(::core::option::Option::Some(#id)));
                 } else if let Some((i, o)) = dims {
                     if role.layer == Some(Layer::Embedding) {
                         t.own_frozen.push(quote!(#e::embedding_params(#i, #o)));
@@ -269,10 +261,15 @@ fn terms(input: &Input, p: &TokenStream) -> Terms {
                 let sizes = local(&format!("__f{n}_sizes"));
                 let read = quote_spanned!(span=> <#elem>::__ADAPTER_SIZES);
                 t.nested.push((sizes.clone(), read));
-                t.trainable.push(quote!(#count * #sizes[0]));
-                t.nested_frozen.push(quote!(#count * #sizes[1]));
-                t.nested_base.push(quote!(#count * #sizes[3]));
-                t.act.push(quote!(#count * #sizes[4]));
+                let some = quote!(::core::option::Option::Some);
+                for (terms, i) in [
+                    (&mut t.trainable, 0usize),
+                    (&mut t.nested_frozen, 1),
+                    (&mut t.nested_base, 3),
+                    (&mut t.act, 4),
+                ] {
+                    terms.push(quote!(#e::mul(#some(#count), #some(#sizes[#i]))));
+                }
             }
         }
     }

@@ -108,6 +108,32 @@ pub enum AdapterError {
         /// The clashing path.
         path: String,
     },
+    /// `attach_adapters` found no layer to adapt.
+    #[error("attach_adapters attached no adapter: {reason}; fields visited: {visited}")]
+    NothingAttached {
+        /// Why nothing was attached.
+        reason: String,
+        /// The fields the visit saw, with their roles (or `none`).
+        visited: String,
+    },
+    /// Adapted layers whose checkpoint path is unknown.
+    #[error("{count} adapted layer(s) have no checkpoint path, so their adapters would be named by struct field ({fields}) and PEFT / HF checkpoints would not recognise them: build them with `adapters_runtime::nn::{{linear, linear_no_bias, linear_b, embedding}}` (which record the `VarBuilder` path) instead of `.into()` from a `candle_nn` layer, give them one with `.with_path(\"model.layers.0.self_attn.q_proj\")`, or call `name_layers_by_field()` before attaching to use the field paths on purpose")]
+    UnknownCheckpointPath {
+        /// How many layers.
+        count: usize,
+        /// Their field paths (the first few).
+        fields: String,
+    },
+    /// Attached adapter tensors got no gradient from a backward pass.
+    #[error("{missing} of {total} adapter tensors received no gradient: {summary}. Likely cause: an op between the loss and these layers records no gradient — candle 0.11's fused `candle_nn::ops::rms_norm` / `RmsNorm` / `LayerNorm`, `softmax_last_dim` and `rotary_emb::rope*` do not; use the drop-ins of `adapters_runtime::nn` (same names and signatures) — or the layers' outputs do not reach the loss")]
+    MissingGradients {
+        /// Tensors without a gradient.
+        missing: usize,
+        /// Adapter tensors in all.
+        total: usize,
+        /// Grouped by module: `q_proj and k_proj in 30 of 30 layers`.
+        summary: String,
+    },
     /// A file or folder could not be read, written or renamed.
     #[error("{what} `{path}`: {source}")]
     Io {

@@ -1,4 +1,6 @@
-//! Parameter, byte and training-memory formulas, as `const fn`s.
+//! Parameter, byte and training-memory formulas, as checked `const fn`s: every product and sum
+//! is checked, and an overflow gives `None` (a compile-time error in the macro's constants, a
+//! typed error at run time), never a wrapped number.
 //!
 //! They are the single source of truth: the `#[adapter]` macro's generated constants call them,
 //! the layers' runtime counts call them, and so does `adapters estimate`.
@@ -79,39 +81,72 @@ pub const GRAD_BYTES: usize = 4;
 /// Bytes of AdamW state per adapter parameter (two f32 moments).
 pub const ADAMW_STATE_BYTES: usize = 8;
 
+/// `a + b`, or `None` on overflow (a `const` `Option` chain: `?` is not `const`).
+pub const fn add(a: Option<usize>, b: Option<usize>) -> Option<usize> {
+    match (a, b) {
+        (Some(a), Some(b)) => a.checked_add(b),
+        _ => None,
+    }
+}
+
+/// `a × b`, or `None` on overflow.
+pub const fn mul(a: Option<usize>, b: Option<usize>) -> Option<usize> {
+    match (a, b) {
+        (Some(a), Some(b)) => a.checked_mul(b),
+        _ => None,
+    }
+}
+
+/// The sum of `terms`, or `None` when one is `None` or the sum overflows.
+pub const fn sum(terms: &[Option<usize>]) -> Option<usize> {
+    let mut total = Some(0);
+    let mut i = 0;
+    while i < terms.len() {
+        total = add(total, terms[i]);
+        i += 1;
+    }
+    total
+}
+
 /// Trainable parameters of an adapter on a `[dout, din]` weight: `r·(din+dout)` for LoRA, plus the
-/// `dout` magnitudes for DoRA. For an embedding pass `din = vocab`, `dout = dim`.
-pub const fn adapter_params(method: Method, din: usize, dout: usize, rank: usize) -> usize {
-    let lora = rank * (din + dout);
+/// `dout` magnitudes for DoRA. For an embedding pass `din = vocab`, `dout = dim`. `None` on
+/// overflow.
+pub const fn adapter_params(method: Method, din: usize, dout: usize, rank: usize) -> Option<usize> {
+    let lora = mul(Some(rank), din.checked_add(dout));
     match method {
         Method::Lora => lora,
-        Method::Dora => lora + dout,
+        Method::Dora => add(lora, Some(dout)),
     }
 }
 
 /// Frozen parameters of a linear layer: `din·dout`, plus `dout` with a bias.
-pub const fn linear_params(din: usize, dout: usize, bias: bool) -> usize {
-    din * dout + if bias { dout } else { 0 }
+pub const fn linear_params(din: usize, dout: usize, bias: bool) -> Option<usize> {
+    add(din.checked_mul(dout), Some(if bias { dout } else { 0 }))
 }
 
 /// Frozen parameters of an embedding table `[vocab, dim]`.
-pub const fn embedding_params(vocab: usize, dim: usize) -> usize {
-    vocab * dim
+pub const fn embedding_params(vocab: usize, dim: usize) -> Option<usize> {
+    vocab.checked_mul(dim)
 }
 
 /// Bytes of adapter weights for `trainable` parameters.
-pub const fn adapter_bytes(trainable: usize) -> usize {
-    trainable * ADAPTER_PARAM_BYTES
+pub const fn adapter_bytes(trainable: usize) -> Option<usize> {
+    trainable.checked_mul(ADAPTER_PARAM_BYTES)
 }
 
 /// Bytes of frozen base weights for `frozen` parameters stored as `dtype`.
-pub const fn base_bytes(frozen: usize, dtype: BaseDType) -> usize {
-    frozen * dtype.size_in_bytes()
+pub const fn base_bytes(frozen: usize, dtype: BaseDType) -> Option<usize> {
+    frozen.checked_mul(dtype.size_in_bytes())
 }
 
 /// Bytes of training state per trainable parameter: weight + gradient + AdamW moments.
 pub const fn training_bytes_per_param() -> usize {
     ADAPTER_PARAM_BYTES + GRAD_BYTES + ADAMW_STATE_BYTES
+}
+
+/// Bytes of training state (weights, gradients, AdamW moments) for `trainable` parameters.
+pub const fn training_state_bytes(trainable: usize) -> Option<usize> {
+    trainable.checked_mul(training_bytes_per_param())
 }
 
 /// Activation bytes an adapted linear layer keeps for the backward pass, per token: its input,
@@ -123,23 +158,30 @@ pub const fn activation_bytes_adapted_linear(
     dout: usize,
     rank: usize,
     act: BaseDType,
-) -> usize {
-    let a = act.size_in_bytes();
-    let cast = if a == ADAPTER_PARAM_BYTES {
-        0
+) -> Option<usize> {
+    let a = Some(act.size_in_bytes());
+    let f32b = Some(ADAPTER_PARAM_BYTES);
+    let cast = if act.size_in_bytes() == ADAPTER_PARAM_BYTES {
+        Some(0)
     } else {
-        din * ADAPTER_PARAM_BYTES
+        mul(Some(din), f32b)
     };
-    let lora = din * a + cast + rank * ADAPTER_PARAM_BYTES + dout * ADAPTER_PARAM_BYTES + dout * a;
+    let lora = sum(&[
+        mul(Some(din), a),
+        cast,
+        mul(Some(rank), f32b),
+        mul(Some(dout), f32b),
+        mul(Some(dout), a),
+    ]);
     match method {
         Method::Lora => lora,
-        Method::Dora => lora + dout * a,
+        Method::Dora => add(lora, mul(Some(dout), a)),
     }
 }
 
 /// Activation bytes a frozen linear layer keeps per token (its input, for the input gradient).
-pub const fn activation_bytes_frozen_linear(din: usize, act: BaseDType) -> usize {
-    din * act.size_in_bytes()
+pub const fn activation_bytes_frozen_linear(din: usize, act: BaseDType) -> Option<usize> {
+    din.checked_mul(act.size_in_bytes())
 }
 
 /// Activation bytes an adapted embedding keeps per token (`Aᵀ[ids]` and the f32 adapter output,
@@ -149,22 +191,67 @@ pub const fn activation_bytes_adapted_embedding(
     dim: usize,
     rank: usize,
     act: BaseDType,
-) -> usize {
-    let lora = rank * ADAPTER_PARAM_BYTES + dim * ADAPTER_PARAM_BYTES + dim * act.size_in_bytes();
+) -> Option<usize> {
+    let a = Some(act.size_in_bytes());
+    let f32b = Some(ADAPTER_PARAM_BYTES);
+    let lora = sum(&[
+        mul(Some(rank), f32b),
+        mul(Some(dim), f32b),
+        mul(Some(dim), a),
+    ]);
     match method {
         Method::Lora => lora,
-        Method::Dora => lora + dim * act.size_in_bytes(),
+        Method::Dora => add(lora, mul(Some(dim), a)),
     }
 }
 
-/// Estimated training memory in bytes (see the module docs for the formula).
+/// Estimated training memory in bytes (see the module docs for the formula); `None` on overflow.
 pub const fn vram_bytes(
     frozen: usize,
     dtype: BaseDType,
     trainable: usize,
     activation_bytes: usize,
-) -> usize {
-    base_bytes(frozen, dtype) + trainable * training_bytes_per_param() + activation_bytes
+) -> Option<usize> {
+    sum(&[
+        base_bytes(frozen, dtype),
+        training_state_bytes(trainable),
+        Some(activation_bytes),
+    ])
+}
+
+/// The six numbers behind `#[adapter]`'s constants, from a struct's own sums and its nested
+/// structs' base bytes: `[TRAINABLE_PARAMS, FROZEN_PARAMS, ADAPTER_BYTES, BASE_BYTES,
+/// ACTIVATION_BYTES_PER_TOKEN, VRAM_BYTES]`, or `None` when a number overflows `usize`.
+pub const fn struct_sizes(
+    trainable: Option<usize>,
+    own_frozen: Option<usize>,
+    nested_frozen: Option<usize>,
+    nested_base: Option<usize>,
+    activation_per_token: Option<usize>,
+    batch_tokens: usize,
+    dtype: BaseDType,
+) -> Option<[usize; 6]> {
+    let (Some(tr), Some(fr), Some(nf), Some(nb), Some(act)) = (
+        trainable,
+        own_frozen,
+        nested_frozen,
+        nested_base,
+        activation_per_token,
+    ) else {
+        return None;
+    };
+    let (Some(frozen), Some(adapter), Some(base), Some(activations)) = (
+        fr.checked_add(nf),
+        adapter_bytes(tr),
+        add(base_bytes(fr, dtype), Some(nb)),
+        batch_tokens.checked_mul(act),
+    ) else {
+        return None;
+    };
+    let Some(vram) = add(vram_bytes(fr, dtype, tr, activations), Some(nb)) else {
+        return None;
+    };
+    Some([tr, frozen, adapter, base, act, vram])
 }
 
 /// Exact binary units for messages: `25769803776` → `"24.00 GiB"`.
@@ -189,12 +276,49 @@ mod tests {
 
     #[test]
     fn formulas() {
-        assert_eq!(adapter_params(Method::Lora, 4096, 4096, 16), 131_072);
-        assert_eq!(adapter_params(Method::Dora, 4096, 4096, 16), 135_168);
-        assert_eq!(linear_params(3, 5, true), 20);
-        assert_eq!(base_bytes(10, BaseDType::BF16), 20);
-        assert_eq!(vram_bytes(10, BaseDType::F32, 2, 7), 40 + 32 + 7);
+        assert_eq!(adapter_params(Method::Lora, 4096, 4096, 16), Some(131_072));
+        assert_eq!(adapter_params(Method::Dora, 4096, 4096, 16), Some(135_168));
+        assert_eq!(linear_params(3, 5, true), Some(20));
+        assert_eq!(base_bytes(10, BaseDType::BF16), Some(20));
+        assert_eq!(vram_bytes(10, BaseDType::F32, 2, 7), Some(40 + 32 + 7));
         assert_eq!(human_bytes(24 << 30), "24.00 GiB");
         assert_eq!(human_bytes(512), "512 B");
+    }
+
+    #[test]
+    fn overflow_is_none_never_wrapped() {
+        assert_eq!(adapter_params(Method::Lora, usize::MAX, 1, 1), None);
+        assert_eq!(
+            adapter_params(Method::Dora, 1 << 40, 1 << 40, 1 << 30),
+            None
+        );
+        assert_eq!(linear_params(1 << 33, 1 << 33, false), None);
+        assert_eq!(embedding_params(usize::MAX, 2), None);
+        assert_eq!(vram_bytes(usize::MAX / 2, BaseDType::F32, 0, 0), None);
+        assert_eq!(sum(&[Some(usize::MAX), Some(1)]), None);
+        assert_eq!(
+            struct_sizes(
+                Some(1),
+                Some(2),
+                Some(0),
+                Some(0),
+                Some(usize::MAX),
+                2,
+                BaseDType::F32
+            ),
+            None
+        );
+        assert_eq!(
+            struct_sizes(
+                Some(10),
+                Some(20),
+                Some(5),
+                Some(8),
+                Some(3),
+                4,
+                BaseDType::BF16
+            ),
+            Some([10, 25, 40, 48, 3, 40 + 160 + 12 + 8])
+        );
     }
 }

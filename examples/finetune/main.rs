@@ -17,13 +17,16 @@ mod pretrain;
 mod tasks;
 
 use adapters_runtime::candle_nn::VarMap;
-use adapters_runtime::estimate::{self, human_bytes, BaseDType};
-use adapters_runtime::models::llama::{load_checkpoint, save_checkpoint, BaseMode, Llama};
+use adapters_runtime::estimate::{human_bytes, BaseDType};
+use adapters_runtime::hf::save_model_folder;
+use adapters_runtime::models::llama::{load_pretrained, BaseMode, Llama};
 use adapters_runtime::train::{
-    load_jsonl, masked_cross_entropy, prepare, split_train_eval, BatchLoader, Example, LrSchedule,
-    PackMode, PackOptions, Tokenizer, TrainConfig, Trainer,
+    estimate_training, load_jsonl, masked_cross_entropy, prepare, split_train_eval, BatchLoader,
+    EstimateRequest, Example, LrSchedule, PackMode, PackOptions, Tokenizer, TrainConfig, Trainer,
 };
-use adapters_runtime::{save_adapter, AdapterConfig, Adapters, Init, Method, SaveOptions};
+use adapters_runtime::{
+    save_adapter, AdapterConfig, Adapters, Init, Method, SaveOptions, Targets,
+};
 use clap::{Parser, ValueEnum};
 use default_model::DefaultLlama;
 use std::path::{Path, PathBuf};
@@ -179,7 +182,7 @@ fn run(args: Args) -> Res<()> {
     // Data.
     let (train_ex, eval_ex) = load_data(&args)?;
     let mut model =
-        load_checkpoint(&base_dir, base_dtype.to_candle(), &device, BaseMode::Frozen)?.model;
+        load_pretrained(&base_dir, base_dtype.to_candle(), &device, BaseMode::Frozen)?.model;
     if tok.vocab_size() > model.config().vocab_size {
         return Err(format!(
             "the tokenizer has {} tokens but the model's vocab_size is {}",
@@ -220,24 +223,13 @@ fn run(args: Args) -> Res<()> {
 
     // Adapters, as the flags say.
     let config = adapter_config(&args)?;
-    let targets: Vec<&str> = args
-        .targets
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .collect();
+    let targets = Targets::parse_list(&args.targets);
     let varmap = VarMap::new();
-    model.attach_adapters_with(&varmap, args.seed, &mut |path, _| {
-        let module = path.rsplit('.').next().unwrap_or(path);
-        targets.contains(&module).then_some(config)
-    })?;
-    if model.adapter_layers().is_empty() {
-        return Err(format!(
-            "--targets `{}` matched no module of the model",
-            args.targets
-        )
-        .into());
-    }
+    model
+        .attach_adapters_with(&varmap, args.seed, &mut |path, _| {
+            targets.matches(path).then_some(config)
+        })
+        .map_err(|e| format!("--targets `{}`: {e}", args.targets))?;
     report_counts(&model, &args, base_dtype)?;
 
     let before = evaluate::score(&model, &tok, &eval_ex, &eval_batches, &device)?;
@@ -299,7 +291,7 @@ fn run(args: Args) -> Res<()> {
     )?;
     let merged_dir = args.out.join("merged");
     let extra: Vec<PathBuf> = args.tokenizer.iter().cloned().collect();
-    save_checkpoint(
+    save_model_folder(
         &merged_dir,
         model.config(),
         &model.base_tensors(true)?,
@@ -356,7 +348,7 @@ fn adapter_config(args: &Args) -> Res<AdapterConfig> {
 /// `(train, eval)` examples: `--data` split 90/10, or the generated shift task (also written to
 /// `OUT/data/` so the format is there to see).
 fn load_data(args: &Args) -> Res<(Vec<Example>, Vec<Example>)> {
-    let opts = adapters_runtime::train::LoadOptions {
+    let opts = adapters_runtime::train::JsonlOptions {
         skip_bad_lines: args.skip_bad_lines,
     };
     if let Some(path) = &args.data {
@@ -384,32 +376,32 @@ fn load_data(args: &Args) -> Res<(Vec<Example>, Vec<Example>)> {
     ))
 }
 
-/// Trainable vs total parameters, and for the default model the compile-time constants.
+/// Trainable vs total parameters, the library's training-memory estimate, and for the default
+/// model the compile-time constants.
 fn report_counts(model: &Llama, args: &Args, dtype: BaseDType) -> Res<()> {
-    let (trainable, frozen) = (model.trainable_params(), model.frozen_params());
+    let (trainable, frozen) = (model.trainable_params()?, model.frozen_params()?);
     println!(
         "adapters: {} on {} modules; trainable {trainable} of {} parameters ({:.3}%)",
         method_name(args.method),
-        model.adapter_layers().len(),
+        model.adapter_layers()?.len(),
         trainable + frozen,
         100.0 * trainable as f64 / (trainable + frozen) as f64
     );
-    let tokens = args.batch * args.seq_len;
-    let act: usize = model
-        .adapter_layers()
-        .iter()
-        .map(|l| {
-            estimate::activation_bytes_adapted_linear(l.method, l.din, l.dout, l.rank, dtype)
-                * tokens
-        })
-        .sum();
+    let request = EstimateRequest {
+        method: adapter_config(args)?.method,
+        rank: args.rank,
+        targets: args.targets.split(',').map(|t| t.trim().to_string()).collect(),
+        dtype,
+        batch_tokens: args.batch * args.seq_len,
+    };
+    let est = estimate_training(model.config(), &request)?;
     println!(
         "runtime estimate: adapter {} ; training memory {} (base {} + adapter state {} + activations {})",
-        human_bytes(estimate::adapter_bytes(trainable)),
-        human_bytes(estimate::vram_bytes(frozen, dtype, trainable, act)),
-        human_bytes(estimate::base_bytes(frozen, dtype)),
-        human_bytes(trainable * estimate::training_bytes_per_param()),
-        human_bytes(act)
+        human_bytes(est.adapter_bytes),
+        human_bytes(est.total_bytes),
+        human_bytes(est.base_bytes),
+        human_bytes(est.adapter_bytes + est.gradient_bytes + est.optimizer_bytes),
+        human_bytes(est.activation_bytes)
     );
     if args.model.is_none() {
         println!(

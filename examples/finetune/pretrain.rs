@@ -3,7 +3,8 @@
 
 use crate::{default_model, tasks};
 use adapters_runtime::candle_core::{DType, Device};
-use adapters_runtime::models::llama::{init_random, save_checkpoint};
+use adapters_runtime::hf::save_model_folder;
+use adapters_runtime::models::llama::init_random;
 use adapters_runtime::train::{
     clip_grad_norm, masked_cross_entropy, prepare, AdamW, AdamWConfig, BatchLoader, BatchSource,
     Example, Grads, LrSchedule, PackMode, PackOptions, Tokenizer,
@@ -138,7 +139,7 @@ pub fn run(dir: &Path, p: &Pretrain, device: &Device) -> Result<f64, Box<dyn std
     }
     bar.finish();
     std::fs::create_dir_all(dir.parent().unwrap_or(Path::new(".")))?;
-    save_checkpoint(dir, &config, &model.base_tensors(false)?, &[])?;
+    save_model_folder(dir, &config, &model.base_tensors(false)?, &[])?;
     std::fs::write(dir.join(MARKER), serde_json::to_string_pretty(&marker(p))?)?;
     Ok(loss_value)
 }

@@ -8,7 +8,7 @@ mod common;
 pub use common::{assert_close, fixtures_root, rel_err, test_device};
 
 use adapters_runtime::candle_core::{DType, Device, Tensor};
-use adapters_runtime::model::{
+use adapters_runtime::adapters::visit::{
     join_path, AdapterModel, Declared, FieldInfo, LayerMut, LayerRef, Visitor, VisitorMut,
 };
 use adapters_runtime::{AdaptedEmbedding, AdaptedLinear, AdapterConfig, Result};
@@ -137,7 +137,7 @@ fn on_device(t: &Tensor, dt: DType) -> Tensor {
 fn bare_linear(base: &HashMap<String, Tensor>, name: &str, dt: DType) -> AdaptedLinear {
     let w = on_device(&base[&format!("{name}.weight")], dt);
     let b = base.get(&format!("{name}.bias")).map(|b| on_device(b, dt));
-    AdaptedLinear::new(w, b)
+    AdaptedLinear::new(w, b).with_path(name)
 }
 
 /// `y = fc2(silu(fc1(x)))`, written by hand as an `AdapterModel`.
@@ -168,7 +168,7 @@ impl CaseModel {
         let base = load(&fixture(case).join("base.safetensors"));
         if let Some(e) = base.get("emb.weight") {
             CaseModel::Emb(EmbMlp {
-                emb: AdaptedEmbedding::new(on_device(e, dt)),
+                emb: AdaptedEmbedding::new(on_device(e, dt)).with_path("emb"),
                 fc1: bare_linear(&base, "fc1", dt),
                 cfg_emb: cfg,
                 cfg_fc1: cfg,
@@ -397,7 +397,7 @@ pub fn rand_tensor(seed: u64, dims: &[usize], scale: f64, dtype: DType) -> Tenso
 /// Gives every adapter tensor of `model` random values (B non-zero, magnitudes perturbed), so
 /// that every term of the adapter matters.
 pub fn perturb<M: adapters_runtime::Adapters + ?Sized>(model: &M, seed: u64, scale: f64) {
-    for (i, (name, var)) in model.named_trainable_vars().into_iter().enumerate() {
+    for (i, (name, var)) in model.named_trainable_vars().unwrap().into_iter().enumerate() {
         let t = var.as_tensor();
         let noise = rand_tensor(seed + i as u64, t.dims(), scale, t.dtype())
             .to_device(t.device())

@@ -8,7 +8,7 @@ pub use device::test_device;
 
 use adapters_runtime::candle_core::{DType, Tensor};
 use adapters_runtime::candle_nn::VarMap;
-use adapters_runtime::model::{
+use adapters_runtime::adapters::visit::{
     join_path, AdapterModel, Declared, FieldInfo, LayerMut, LayerRef, Visitor, VisitorMut,
 };
 use adapters_runtime::train::Batch;
@@ -48,8 +48,8 @@ impl TinyLm {
     pub fn new(vocab: usize, seed: u64) -> (Self, VarMap) {
         let mut m = Self {
             embed: tensor(1, &[vocab, DIM], 1.0),
-            fc1: AdaptedLinear::new(tensor(2, &[HIDDEN, DIM], 0.3), None),
-            fc2: AdaptedLinear::new(tensor(3, &[vocab, HIDDEN], 0.3), None),
+            fc1: AdaptedLinear::new(tensor(2, &[HIDDEN, DIM], 0.3), None).with_path("fc1"),
+            fc2: AdaptedLinear::new(tensor(3, &[vocab, HIDDEN], 0.3), None).with_path("fc2"),
         };
         let varmap = VarMap::new();
         m.attach_adapters(&varmap, seed).unwrap();
@@ -154,7 +154,7 @@ impl AdapterModel for TinyLm {
 
 /// Every trainable tensor's values as f32 bits, by name.
 pub fn param_bits(m: &TinyLm) -> Vec<(String, Vec<u32>)> {
-    m.named_trainable_vars()
+    m.named_trainable_vars().unwrap()
         .into_iter()
         .map(|(n, v)| {
             let vals: Vec<f32> = v

@@ -1,10 +1,9 @@
 //! `adapters`: inspect PEFT adapters, merge them into base checkpoints, estimate training memory.
 
 use adapters_runtime::estimate::{BaseDType, Method};
-use adapters_runtime::peft::{
-    estimate_training, inspect_adapter, merge_checkpoint, EstimateRequest, LlamaConfig,
-    MergeOptions,
-};
+use adapters_runtime::hf::LlamaConfig;
+use adapters_runtime::peft::{inspect_adapter, merge_checkpoint, MergeOptions};
+use adapters_runtime::train::{estimate_training, EstimateRequest};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::path::PathBuf;

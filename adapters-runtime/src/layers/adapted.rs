@@ -1,12 +1,336 @@
-//! [`AdaptedLayer`]: what adapted linear and embedding layers share, so whole-model operations
-//! (attach, list, save, load, merge, count) are written once for both.
+//! [`Adapted`]: the one adapted-layer core — a frozen base tensor that may carry a LoRA / DoRA
+//! [`Adapter`] — generic over [`LayerKind`] (linear or embedding), and [`AdaptedLayer`], its
+//! object-safe face for whole-model passes (attach, list, save, load, merge, count).
 
-use crate::config::AdapterConfig;
-use crate::error::Result;
-use crate::layers::{AdaptedEmbedding, AdaptedLinear, Adapter};
+use crate::adapter_config::AdapterConfig;
+use crate::error::{AdapterError, InLayer, Result};
+use crate::estimate;
+use crate::layers::adapter::{check_float, check_shape, Adapter};
+use crate::layers::init;
+use crate::layers::kind::LayerKind;
 use candle_core::{Tensor, Var};
+use std::marker::PhantomData;
 
-/// A frozen base layer that can carry an adapter.
+/// A frozen base tensor (a linear weight or an embedding table) with an optional adapter. Use it
+/// as [`AdaptedLinear`](crate::AdaptedLinear) or [`AdaptedEmbedding`](crate::AdaptedEmbedding).
+///
+/// `Clone` shares the adapter's `Var`s (as cloning a `candle_nn::Linear` shares its tensors): a
+/// clone trains the same parameters.
+#[derive(Clone, Debug)]
+pub struct Adapted<K: LayerKind> {
+    pub(crate) path: Option<String>,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
+    pub(crate) adapter: Option<Adapter>,
+    pub(crate) trainable_base: bool,
+    pub(crate) kind: PhantomData<K>,
+}
+
+impl<K: LayerKind> Adapted<K> {
+    /// A bare layer over `weight`; frozen (detached) unless `trainable`.
+    pub(crate) fn from_parts(weight: Tensor, bias: Option<Tensor>, trainable: bool) -> Self {
+        let (weight, bias) = if trainable {
+            (weight, bias)
+        } else {
+            (weight.detach(), bias.map(|b| b.detach()))
+        };
+        Self {
+            path: None,
+            weight,
+            bias,
+            adapter: None,
+            trainable_base: trainable,
+            kind: PhantomData,
+        }
+    }
+
+    /// Whether the base receives gradients (built with `new_trainable`, for full training).
+    pub fn is_base_trainable(&self) -> bool {
+        self.trainable_base
+    }
+
+    /// Records the checkpoint path of the base (without `.weight`), e.g.
+    /// `model.layers.0.self_attn.q_proj`; adapters are saved under it.
+    pub fn with_path(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// Sets the checkpoint path (see [`Adapted::with_path`]).
+    pub fn set_path(&mut self, path: impl Into<String>) {
+        self.path = Some(path.into());
+    }
+
+    /// The checkpoint path, when known.
+    pub fn path(&self) -> Option<&str> {
+        self.path.as_deref()
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        self.path.as_deref().unwrap_or(K::UNNAMED)
+    }
+
+    /// `(in, out)`: `(in_features, out_features)` for linear layers, `(vocab, dim)` for embeddings.
+    pub fn dims_in_out(&self) -> (usize, usize) {
+        K::dims(&self.weight)
+    }
+
+    /// The attached adapter, if any.
+    pub fn adapter(&self) -> Option<&Adapter> {
+        self.adapter.as_ref()
+    }
+
+    fn adapter_mut(&mut self, op: &'static str) -> Result<&mut Adapter> {
+        let layer = self.name().to_string();
+        self.adapter
+            .as_mut()
+            .ok_or(AdapterError::NotAttached { layer, op })
+    }
+
+    fn check_base(&self) -> Result<()> {
+        let name = self.name();
+        if self.weight.rank() != 2 {
+            let (din, dout) = self.dims_in_out();
+            let expected = if K::IS_EMBEDDING {
+                vec![din, dout]
+            } else {
+                vec![dout, din]
+            };
+            return Err(AdapterError::ShapeMismatch {
+                layer: name.into(),
+                what: K::BASE.into(),
+                expected,
+                actual: self.weight.dims().to_vec(),
+            });
+        }
+        check_float(name, K::BASE, &self.weight)?;
+        if let Some(b) = &self.bias {
+            check_shape(name, "bias", b, &[self.dims_in_out().1])?;
+        }
+        Ok(())
+    }
+
+    /// Attaches a freshly initialised adapter, seeded by `seed` and the layer's path, so the output
+    /// is unchanged: linear `A` by `config.init`, `B = 0`; embedding `A = 0`, `B ~ N(0, 1)` (as
+    /// PEFT does); for DoRA `m = ‖W0‖` per output.
+    pub fn attach(&mut self, config: AdapterConfig, seed: u64) -> Result<()> {
+        let name = self.name().to_string();
+        config.validate(&name)?;
+        self.check_base()?;
+        let dt = init::adapter_dtype(self.weight.dtype());
+        let dev = self.weight.device().clone();
+        let (din, dout) = self.dims_in_out();
+        let seed = init::layer_seed(seed, &name);
+        let (a, b) = K::init(&config, din, dout, seed, dt, &dev).in_layer(&name)?;
+        self.install(config, a, b, None, seed)
+    }
+
+    /// Attaches an adapter with given weights (e.g. loaded from a PEFT checkpoint): `a [r, in]`,
+    /// `b [out, r]`, and for DoRA `magnitude [out]` (when `None`, m = ‖W0 + s·B·A‖).
+    pub fn attach_weights(
+        &mut self,
+        config: AdapterConfig,
+        a: &Tensor,
+        b: &Tensor,
+        magnitude: Option<&Tensor>,
+    ) -> Result<()> {
+        let name = self.name().to_string();
+        config.validate(&name)?;
+        self.check_base()?;
+        let dt = init::adapter_dtype(self.weight.dtype());
+        let ((din, dout), r) = (self.dims_in_out(), config.rank);
+        let (a_name, b_name) = K::VAR_NAMES;
+        check_shape(&name, a_name.trim_end_matches(".weight"), a, &[r, din])?;
+        check_shape(&name, b_name.trim_end_matches(".weight"), b, &[dout, r])?;
+        if let Some(m) = magnitude {
+            check_shape(&name, "lora_magnitude_vector", m, &[dout])?;
+        }
+        let dev = self.weight.device();
+        let to = |t: &Tensor| t.to_device(dev)?.to_dtype(dt);
+        let a = to(a).in_layer(&name)?;
+        let b = to(b).in_layer(&name)?;
+        let m = magnitude.map(to).transpose().in_layer(&name)?;
+        let seed = init::layer_seed(0, &name);
+        self.install(config, a, b, m, seed)
+    }
+
+    fn install(
+        &mut self,
+        config: AdapterConfig,
+        a: Tensor,
+        b: Tensor,
+        magnitude: Option<Tensor>,
+        seed: u64,
+    ) -> Result<()> {
+        let name = self.name().to_string();
+        if self.adapter.is_some() {
+            return Err(AdapterError::AlreadyAttached { layer: name });
+        }
+        let mut ad = Adapter::new(config, Var::from_tensor(&a)?, Var::from_tensor(&b)?, seed);
+        if ad.is_dora() {
+            ad.base_sq = Some(K::base_sq_norms(&self.weight, ad.dtype()).in_layer(&name)?);
+            let m = match magnitude {
+                Some(m) => m,
+                None => self.norm_of(&ad).in_layer(&name)?,
+            };
+            ad.magnitude = Some(Var::from_tensor(&m)?);
+        }
+        self.adapter = Some(ad);
+        Ok(())
+    }
+
+    /// The detached DoRA norm `‖W0 + s·B·A‖` per output, without forming the `out × in` matrix.
+    pub(crate) fn norm_of(&self, ad: &Adapter) -> candle_core::Result<Tensor> {
+        let w_at = K::base_times_at(&self.weight, &ad.a.as_tensor().detach())?;
+        ad.norm_from(&w_at)
+    }
+
+    /// The DoRA weight norm `‖W0 + s·B·A‖` per output, computed without the `out × in` matrix.
+    pub fn weight_norm(&self) -> Result<Tensor> {
+        let name = self.name();
+        let ad = self
+            .adapter
+            .as_ref()
+            .ok_or_else(|| AdapterError::NotAttached {
+                layer: name.into(),
+                op: "weight_norm",
+            })?;
+        if ad.merged || !ad.is_dora() {
+            return Err(AdapterError::InvalidState {
+                layer: name.into(),
+                op: "weight_norm",
+                reason: "needs an unmerged DoRA adapter".into(),
+            });
+        }
+        self.norm_of(ad).in_layer(name)
+    }
+
+    /// The trainable tensors with their PEFT names relative to the layer (`lora_A.weight`,
+    /// `lora_B.weight` — `lora_embedding_A`, `lora_embedding_B` for embeddings — and
+    /// `lora_magnitude_vector`). Empty when bare.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let (a, b) = K::VAR_NAMES;
+        self.adapter
+            .as_ref()
+            .map_or_else(Vec::new, |ad| ad.named_vars(a, b))
+    }
+
+    /// Frozen parameters: the base weight (and bias).
+    pub fn frozen_params(&self) -> usize {
+        let (din, dout) = self.dims_in_out();
+        let bias = self.bias.as_ref().map_or(0, |b| b.elem_count());
+        // The tensors exist, so the checked formula cannot overflow; the fallback is their count.
+        K::frozen_params(din, dout, self.bias.is_some())
+            .unwrap_or_else(|| self.weight.elem_count() + bias)
+    }
+
+    /// Trainable parameters (0 when bare); equals [`estimate::adapter_params`].
+    pub fn trainable_params(&self) -> usize {
+        let (din, dout) = self.dims_in_out();
+        self.adapter.as_ref().map_or(0, |a| {
+            // Counts of allocated tensors: the checked formula cannot overflow here.
+            estimate::adapter_params(a.config.method, din, dout, a.config.rank)
+                .unwrap_or(a.trainable_params())
+        })
+    }
+
+    /// Turns the adapter path on or off (a disabled adapter gives the base output). Disabling a
+    /// merged adapter unmerges it first, as PEFT does.
+    pub fn set_enabled(&mut self, enabled: bool) -> Result<()> {
+        if !enabled && self.adapter.as_ref().is_some_and(|a| a.merged) {
+            self.unmerge()?;
+        }
+        self.adapter_mut("set_enabled")?.enabled = enabled;
+        Ok(())
+    }
+
+    /// Training mode: dropout on the adapter input is active only in training (embeddings use
+    /// none, as in PEFT).
+    pub fn set_training(&mut self, training: bool) {
+        if let Some(a) = self.adapter.as_mut() {
+            a.training = training;
+        }
+    }
+
+    /// `(merged base, DoRA norm)`: `W0 + s·B·A` (LoRA) or `(m/n) ⊙ (W0 + s·B·A)` (DoRA), computed in
+    /// the adapter dtype and returned in the base dtype.
+    fn merged_base(&self, ad: &Adapter) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let dt = ad.dtype();
+        let full = (self.weight.to_dtype(dt)? + K::delta_in_base_layout(ad.delta()?)?)?;
+        if !ad.is_dora() {
+            return Ok((full.to_dtype(self.weight.dtype())?, None));
+        }
+        let norm = self.norm_of(ad)?;
+        let scale = ad.magnitude_scale(&norm)?.detach();
+        let merged = full.broadcast_mul(&scale.unsqueeze(1 - K::OUT_AXIS)?)?;
+        Ok((merged.to_dtype(self.weight.dtype())?, Some(norm)))
+    }
+
+    /// Folds the adapter into the base weight (see [`Adapted::merged_weight_tensor`]).
+    pub fn merge(&mut self) -> Result<()> {
+        let name = self.name().to_string();
+        let ad = self.adapter.as_ref().ok_or(AdapterError::NotAttached {
+            layer: name.clone(),
+            op: "merge",
+        })?;
+        if ad.merged {
+            return Err(AdapterError::InvalidState {
+                layer: name,
+                op: "merge",
+                reason: "already merged".into(),
+            });
+        }
+        let (merged, norm) = self.merged_base(ad).in_layer(&name)?;
+        self.weight = merged;
+        let ad = self.adapter_mut("merge")?;
+        ad.merged_norm = norm;
+        ad.merged = true;
+        Ok(())
+    }
+
+    /// Restores `W0` from the merged weight (to floating-point tolerance).
+    pub fn unmerge(&mut self) -> Result<()> {
+        let name = self.name().to_string();
+        let ad = self.adapter.as_ref().ok_or(AdapterError::NotAttached {
+            layer: name.clone(),
+            op: "unmerge",
+        })?;
+        if !ad.merged {
+            return Err(AdapterError::InvalidState {
+                layer: name,
+                op: "unmerge",
+                reason: "not merged".into(),
+            });
+        }
+        let restore = || -> candle_core::Result<Tensor> {
+            let w = self.weight.to_dtype(ad.dtype())?;
+            let w = match (&ad.merged_norm, ad.is_dora()) {
+                (Some(norm), true) => {
+                    let scale = ad.magnitude_scale(norm)?.detach();
+                    w.broadcast_div(&scale.unsqueeze(1 - K::OUT_AXIS)?)?
+                }
+                _ => w,
+            };
+            (w - K::delta_in_base_layout(ad.delta()?)?)?.to_dtype(self.weight.dtype())
+        };
+        self.weight = restore().in_layer(&name)?;
+        let ad = self.adapter_mut("unmerge")?;
+        ad.merged = false;
+        ad.merged_norm = None;
+        Ok(())
+    }
+
+    /// The base as it would be merged, without merging (for exporting merged checkpoints); the
+    /// current base when bare or already merged.
+    pub fn merged_weight_tensor(&self) -> Result<Tensor> {
+        match &self.adapter {
+            Some(ad) if !ad.merged => Ok(self.merged_base(ad).in_layer(self.name())?.0),
+            _ => Ok(self.weight.clone()),
+        }
+    }
+}
+
+/// An adapted layer of either kind, as whole-model passes see it.
 pub trait AdaptedLayer {
     /// The checkpoint path recorded at construction, when known.
     fn path(&self) -> Option<&str>;
@@ -46,69 +370,56 @@ pub trait AdaptedLayer {
     fn set_training(&mut self, training: bool);
 }
 
-macro_rules! delegate {
-    ($ty:ty, embedding: $emb:expr, dims: |$l:ident| $dims:expr, bias: |$b:ident| $bias:expr) => {
-        impl AdaptedLayer for $ty {
-            fn path(&self) -> Option<&str> {
-                <$ty>::path(self)
-            }
-            fn set_path(&mut self, path: String) {
-                <$ty>::set_path(self, path)
-            }
-            fn is_embedding(&self) -> bool {
-                $emb
-            }
-            fn dims_in_out(&self) -> (usize, usize) {
-                let $l = self;
-                $dims
-            }
-            fn has_bias(&self) -> bool {
-                let $b = self;
-                $bias
-            }
-            fn adapter(&self) -> Option<&Adapter> {
-                <$ty>::adapter(self)
-            }
-            fn attach(&mut self, config: AdapterConfig, seed: u64) -> Result<()> {
-                <$ty>::attach(self, config, seed)
-            }
-            fn attach_weights(
-                &mut self,
-                config: AdapterConfig,
-                a: &Tensor,
-                b: &Tensor,
-                magnitude: Option<&Tensor>,
-            ) -> Result<()> {
-                <$ty>::attach_weights(self, config, a, b, magnitude)
-            }
-            fn named_vars(&self) -> Vec<(String, Var)> {
-                <$ty>::named_vars(self)
-            }
-            fn trainable_params(&self) -> usize {
-                <$ty>::trainable_params(self)
-            }
-            fn frozen_params(&self) -> usize {
-                <$ty>::frozen_params(self)
-            }
-            fn merge(&mut self) -> Result<()> {
-                <$ty>::merge(self)
-            }
-            fn unmerge(&mut self) -> Result<()> {
-                <$ty>::unmerge(self)
-            }
-            fn set_enabled(&mut self, enabled: bool) -> Result<()> {
-                <$ty>::set_enabled(self, enabled)
-            }
-            fn set_training(&mut self, training: bool) {
-                <$ty>::set_training(self, training)
-            }
-        }
-    };
+impl<K: LayerKind> AdaptedLayer for Adapted<K> {
+    fn path(&self) -> Option<&str> {
+        Adapted::path(self)
+    }
+    fn set_path(&mut self, path: String) {
+        Adapted::set_path(self, path)
+    }
+    fn is_embedding(&self) -> bool {
+        K::IS_EMBEDDING
+    }
+    fn dims_in_out(&self) -> (usize, usize) {
+        Adapted::dims_in_out(self)
+    }
+    fn has_bias(&self) -> bool {
+        self.bias.is_some()
+    }
+    fn adapter(&self) -> Option<&Adapter> {
+        Adapted::adapter(self)
+    }
+    fn attach(&mut self, config: AdapterConfig, seed: u64) -> Result<()> {
+        Adapted::attach(self, config, seed)
+    }
+    fn attach_weights(
+        &mut self,
+        config: AdapterConfig,
+        a: &Tensor,
+        b: &Tensor,
+        magnitude: Option<&Tensor>,
+    ) -> Result<()> {
+        Adapted::attach_weights(self, config, a, b, magnitude)
+    }
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        Adapted::named_vars(self)
+    }
+    fn trainable_params(&self) -> usize {
+        Adapted::trainable_params(self)
+    }
+    fn frozen_params(&self) -> usize {
+        Adapted::frozen_params(self)
+    }
+    fn merge(&mut self) -> Result<()> {
+        Adapted::merge(self)
+    }
+    fn unmerge(&mut self) -> Result<()> {
+        Adapted::unmerge(self)
+    }
+    fn set_enabled(&mut self, enabled: bool) -> Result<()> {
+        Adapted::set_enabled(self, enabled)
+    }
+    fn set_training(&mut self, training: bool) {
+        Adapted::set_training(self, training)
+    }
 }
-
-delegate!(AdaptedLinear, embedding: false,
-    dims: |l| (l.in_features(), l.out_features()),
-    bias: |l| l.bias().is_some());
-delegate!(AdaptedEmbedding, embedding: true,
-    dims: |l| (l.vocab_size(), l.hidden_size()),
-    bias: |_l| false);

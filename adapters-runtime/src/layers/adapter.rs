@@ -1,16 +1,19 @@
 //! The adapter state shared by adapted linear and embedding layers: `A`, `B`, the DoRA magnitude,
 //! the cached base norm and the merged / enabled / training flags.
 
-use crate::config::AdapterConfig;
+use crate::adapter_config::AdapterConfig;
 use crate::error::{AdapterError, Result};
 use crate::estimate::Method;
 use crate::layers::dora_norm;
-use crate::ops::{dropout_mask, mix_seed};
+use crate::ops::dropout_mask;
+use crate::seed::mix_seed;
 use candle_core::{DType, Shape, Tensor, Var};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One attached adapter. `A` is `[r, in]` (`[r, vocab]` for embeddings) and `B` is `[out, r]`
 /// (`[dim, r]`), both in the adapter dtype; the DoRA magnitude is `[out]` (`[dim]`).
+///
+/// `Clone` shares the `Var`s (the clone trains the same tensors); the dropout counter is copied.
 #[derive(Debug)]
 pub struct Adapter {
     pub(crate) config: AdapterConfig,
@@ -27,6 +30,25 @@ pub struct Adapter {
     pub(crate) training: bool,
     pub(crate) seed: u64,
     pub(crate) dropout_step: AtomicU64,
+}
+
+impl Clone for Adapter {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config,
+            scaling: self.scaling,
+            a: self.a.clone(),
+            b: self.b.clone(),
+            magnitude: self.magnitude.clone(),
+            base_sq: self.base_sq.clone(),
+            merged_norm: self.merged_norm.clone(),
+            merged: self.merged,
+            enabled: self.enabled,
+            training: self.training,
+            seed: self.seed,
+            dropout_step: AtomicU64::new(self.dropout_step()),
+        }
+    }
 }
 
 impl Adapter {

@@ -115,10 +115,3 @@ pub fn factored_norm(
     let n2 = ((base_sq + (cross * (2.0 * s))?)? + (sq * (s * s))?)?;
     n2.relu()?.sqrt()?.detach().contiguous()
 }
-
-/// The dense reference: `‖W + s·B·A‖` per row, forming the full matrix. For tests and checks only.
-pub fn dense_norm(w: &Tensor, a: &Tensor, b: &Tensor, s: f64) -> candle_core::Result<Tensor> {
-    let dt = a.dtype();
-    let full = (w.to_dtype(dt)? + (b.matmul(a)? * s)?)?;
-    full.sqr()?.sum(D::Minus1)?.sqrt()
-}

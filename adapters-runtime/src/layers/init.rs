@@ -1,7 +1,7 @@
 //! Seeded initialisation of adapter weights, as PEFT does it.
 
-use crate::config::Init;
-use crate::ops::mix_seed;
+use crate::adapter_config::Init;
+use crate::seed::{fnv1a, mix_seed};
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal, Uniform};
@@ -19,12 +19,7 @@ pub fn adapter_dtype(base: DType) -> DType {
 /// A layer's seed: the run's seed mixed with a stable hash (FNV-1a) of the layer's path, so a
 /// layer's initial values do not depend on the order layers are attached in.
 pub fn layer_seed(seed: u64, path: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in path.bytes() {
-        h ^= u64::from(byte);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    mix_seed(seed, h)
+    mix_seed(seed, fnv1a(path))
 }
 
 /// `lora_A` of a linear layer, `[rank, din]`: kaiming-uniform with a = √5 (bound 1/√din), or

@@ -1,13 +1,16 @@
-//! Adapted layers: linear and embedding, and the DoRA norm they share.
+//! Adapted layers: one core ([`Adapted`]) over a linear weight or an embedding table, the adapter
+//! state it carries, the DoRA norm and PEFT's initialisation.
 
 mod adapted;
 mod adapter;
 pub mod dora_norm;
 mod embedding;
 pub mod init;
+pub mod kind;
 mod linear;
 
-pub use adapted::AdaptedLayer;
+pub use adapted::{Adapted, AdaptedLayer};
 pub use adapter::Adapter;
 pub use embedding::AdaptedEmbedding;
+pub use kind::{EmbeddingBase, LayerKind, LinearBase};
 pub use linear::AdaptedLinear;

@@ -6,15 +6,6 @@
 use candle_core::{DType, Device, Shape, Tensor};
 use rand::{Rng, SeedableRng};
 
-/// SplitMix64 finaliser over two words: a cheap, well-mixed 64-bit seed derivation.
-pub fn mix_seed(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// An inverted-dropout mask: each element is `0` with probability `p`, else `1 / (1 - p)`.
 pub fn dropout_mask(
     shape: &Shape,

@@ -2,9 +2,9 @@
 
 use crate::error::Result;
 use crate::estimate::{human_bytes, Method};
-use crate::peft::checkpoint::AdapterCheckpoint;
+use crate::io::table::{thousands, Table};
+use crate::peft::adapter_file::AdapterCheckpoint;
 use crate::peft::keys::Kind;
-use crate::peft::table::{thousands, Table};
 use std::fmt;
 use std::path::{Path, PathBuf};
 

@@ -21,7 +21,7 @@ pub const DEFAULT_ADAPTER: &str = "default";
 
 /// Which tensor of an adapter a key names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Role {
+pub enum AdapterTensor {
     /// `lora_A` / `lora_embedding_A`.
     A,
     /// `lora_B` / `lora_embedding_B`.
@@ -45,24 +45,24 @@ pub struct ParsedKey {
     /// The module path in the base model (`model.layers.0.self_attn.q_proj`).
     pub module: String,
     /// Which tensor.
-    pub role: Role,
+    pub role: AdapterTensor,
     /// The layer kind the name implies (`None` for the magnitude, shared by both kinds).
     pub kind: Option<Kind>,
 }
 
 /// The key PEFT's `save_pretrained` writes for `module`'s `role` tensor.
-pub fn key(module: &str, role: Role, kind: Kind) -> String {
+pub fn key(module: &str, role: AdapterTensor, kind: Kind) -> String {
     format!("{PREFIX}{module}.{}", suffix(role, kind))
 }
 
 /// The suffix after the module path (`lora_A.weight`, `lora_embedding_B`, …).
-pub fn suffix(role: Role, kind: Kind) -> &'static str {
+pub fn suffix(role: AdapterTensor, kind: Kind) -> &'static str {
     match (role, kind) {
-        (Role::A, Kind::Linear) => "lora_A.weight",
-        (Role::B, Kind::Linear) => "lora_B.weight",
-        (Role::A, Kind::Embedding) => "lora_embedding_A",
-        (Role::B, Kind::Embedding) => "lora_embedding_B",
-        (Role::Magnitude, _) => "lora_magnitude_vector",
+        (AdapterTensor::A, Kind::Linear) => "lora_A.weight",
+        (AdapterTensor::B, Kind::Linear) => "lora_B.weight",
+        (AdapterTensor::A, Kind::Embedding) => "lora_embedding_A",
+        (AdapterTensor::B, Kind::Embedding) => "lora_embedding_B",
+        (AdapterTensor::Magnitude, _) => "lora_magnitude_vector",
     }
 }
 
@@ -88,11 +88,11 @@ pub fn parse(key: &str) -> Option<ParsedKey> {
         return None;
     }
     let (role, kind) = match (parts[end - 1], weight) {
-        ("lora_A", true) => (Role::A, Some(Kind::Linear)),
-        ("lora_B", true) => (Role::B, Some(Kind::Linear)),
-        ("lora_embedding_A", false) => (Role::A, Some(Kind::Embedding)),
-        ("lora_embedding_B", false) => (Role::B, Some(Kind::Embedding)),
-        ("lora_magnitude_vector", _) => (Role::Magnitude, None),
+        ("lora_A", true) => (AdapterTensor::A, Some(Kind::Linear)),
+        ("lora_B", true) => (AdapterTensor::B, Some(Kind::Linear)),
+        ("lora_embedding_A", false) => (AdapterTensor::A, Some(Kind::Embedding)),
+        ("lora_embedding_B", false) => (AdapterTensor::B, Some(Kind::Embedding)),
+        ("lora_magnitude_vector", _) => (AdapterTensor::Magnitude, None),
         _ => return None,
     };
     let module = parts[..end - 1].join(".");
@@ -111,7 +111,7 @@ pub fn last_component(module: &str) -> &str {
 mod tests {
     use super::*;
 
-    fn p(k: &str) -> Option<(String, Role, Option<Kind>)> {
+    fn p(k: &str) -> Option<(String, AdapterTensor, Option<Kind>)> {
         parse(k).map(|p| (p.module, p.role, p.kind))
     }
 
@@ -121,19 +121,19 @@ mod tests {
         let emb = Some(Kind::Embedding);
         assert_eq!(
             p("base_model.model.fc1.lora_A.weight"),
-            Some(("fc1".into(), Role::A, lin))
+            Some(("fc1".into(), AdapterTensor::A, lin))
         );
         assert_eq!(
             p("base_model.model.a.b.lora_B.default.weight"),
-            Some(("a.b".into(), Role::B, lin))
+            Some(("a.b".into(), AdapterTensor::B, lin))
         );
         assert_eq!(
             p("base_model.model.emb.lora_embedding_A"),
-            Some(("emb".into(), Role::A, emb))
+            Some(("emb".into(), AdapterTensor::A, emb))
         );
         assert_eq!(
             p("base_model.model.emb.lora_embedding_B.default"),
-            Some(("emb".into(), Role::B, emb))
+            Some(("emb".into(), AdapterTensor::B, emb))
         );
         for m in [
             "base_model.model.x.lora_magnitude_vector",
@@ -141,7 +141,11 @@ mod tests {
             "base_model.model.x.lora_magnitude_vector.default.weight",
             "base_model.model.x.lora_magnitude_vector.default",
         ] {
-            assert_eq!(p(m), Some(("x".into(), Role::Magnitude, None)), "{m}");
+            assert_eq!(
+                p(m),
+                Some(("x".into(), AdapterTensor::Magnitude, None)),
+                "{m}"
+            );
         }
         assert_eq!(p("fc1.lora_A.weight"), None);
         assert_eq!(p("base_model.model.fc1.lora_A"), None);
@@ -153,7 +157,7 @@ mod tests {
     #[test]
     fn names_round_trip() {
         for kind in [Kind::Linear, Kind::Embedding] {
-            for role in [Role::A, Role::B, Role::Magnitude] {
+            for role in [AdapterTensor::A, AdapterTensor::B, AdapterTensor::Magnitude] {
                 let k = key("m.x", role, kind);
                 let parsed = parse(&k).unwrap();
                 assert_eq!((parsed.module.as_str(), parsed.role), ("m.x", role));

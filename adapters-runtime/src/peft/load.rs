@@ -1,10 +1,11 @@
 //! `load_adapter`: a PEFT adapter folder onto a model's bare adapted layers.
 
-use crate::config::AdapterConfig;
+use crate::adapter_config::AdapterConfig;
+use crate::adapters::visit::checkpoint_path;
+use crate::adapters::Adapters;
 use crate::error::{AdapterError, KeyIssue, Result};
-use crate::model::{checkpoint_path, Adapters};
-use crate::peft::checkpoint::{AdapterCheckpoint, ModuleAdapter};
-use crate::peft::keys::{Kind, Role};
+use crate::peft::adapter_file::{AdapterCheckpoint, ModuleAdapter};
+use crate::peft::keys::{AdapterTensor, Kind};
 use candle_nn::VarMap;
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
@@ -94,7 +95,7 @@ pub fn load_adapter<M: Adapters + ?Sized>(
             }
             None if ckpt.config.targets(&s.path) == Some(true) => {
                 if options.strict {
-                    let key = crate::peft::keys::key(&s.path, Role::A, s.kind);
+                    let key = crate::peft::keys::key(&s.path, AdapterTensor::A, s.kind);
                     issues.push(KeyIssue::new(
                         key,
                         "present (target_modules names this layer)",
@@ -114,7 +115,7 @@ pub fn load_adapter<M: Adapters + ?Sized>(
     {
         if options.strict {
             issues.push(KeyIssue::new(
-                m.key(Role::A),
+                m.key(AdapterTensor::A),
                 "a tensor of an adapted layer of the model",
                 format!("no adapted layer `{}` in the model", m.module),
             ));
@@ -164,7 +165,7 @@ fn slots<M: Adapters + ?Sized>(model: &M) -> Result<Vec<Slot>> {
 
 /// Checks one layer against its tensors: kind, shapes, bare state and (strict) configuration.
 fn check_slot(s: &Slot, ad: &ModuleAdapter, check_config: bool, issues: &mut Vec<KeyIssue>) {
-    let key = ad.key(Role::A);
+    let key = ad.key(AdapterTensor::A);
     if ad.kind != s.kind {
         let want = match s.kind {
             Kind::Linear => "lora_A.weight / lora_B.weight (the model's layer is linear)",
@@ -187,7 +188,7 @@ fn check_slot(s: &Slot, ad: &ModuleAdapter, check_config: bool, issues: &mut Vec
         Kind::Linear => (s.shape[1], s.shape[0]),
         Kind::Embedding => (s.shape[0], s.shape[1]),
     };
-    let mut shape = |role: Role, t: &candle_core::Tensor, want: Vec<usize>| {
+    let mut shape = |role: AdapterTensor, t: &candle_core::Tensor, want: Vec<usize>| {
         if t.dims() != want.as_slice() {
             issues.push(KeyIssue::new(
                 ad.key(role),
@@ -196,16 +197,16 @@ fn check_slot(s: &Slot, ad: &ModuleAdapter, check_config: bool, issues: &mut Vec
             ));
         }
     };
-    shape(Role::A, &ad.a, vec![r, din]);
-    shape(Role::B, &ad.b, vec![dout, r]);
+    shape(AdapterTensor::A, &ad.a, vec![r, din]);
+    shape(AdapterTensor::B, &ad.b, vec![dout, r]);
     if let Some(m) = &ad.magnitude {
-        shape(Role::Magnitude, m, vec![dout]);
+        shape(AdapterTensor::Magnitude, m, vec![dout]);
     }
     if check_config {
         let (d, f) = (s.declared, ad.config);
         let mut differ = |what: &str, want: String, got: String| {
             issues.push(KeyIssue::new(
-                ad.key(Role::A),
+                ad.key(AdapterTensor::A),
                 format!("{what} {want} (as the model declares for `{}`)", s.path),
                 format!("{what} {got} (adapter_config.json)"),
             ));
@@ -244,7 +245,7 @@ fn attach_all<M: Adapters + ?Sized>(
         layer.attach_weights(ad.config, &ad.a, &ad.b, ad.magnitude.as_ref())?;
         let named = layer.named_vars();
         if let Some(vm) = options.varmap {
-            crate::model::insert_vars(vm, &path, named)?;
+            crate::adapters::insert_vars(vm, &path, named)?;
         }
         report.loaded.push(path);
         Ok(())

@@ -3,14 +3,15 @@
 //! [`AdaptedEmbedding`] and its `merged_weight_tensor` is written.
 
 use crate::error::{AdapterError, KeyIssue, Result};
+use crate::hf::model_files::{BaseModel, INDEX_FILE};
+use crate::io::atomic::{parent_of, Staging};
+use crate::io::progress::{progress_bar, Unit};
+use crate::io::safetensors_file::to_tensor;
+use crate::io::safetensors_write::{tensor_bytes, write_file, Entry, Failure, Source};
 use crate::layers::{AdaptedEmbedding, AdaptedLinear};
-use crate::peft::atomic::{parent_of, Staging};
-use crate::peft::checkpoint::{AdapterCheckpoint, ModuleAdapter};
+use crate::peft::adapter_file::{AdapterCheckpoint, ModuleAdapter};
 use crate::peft::keys::{self, Kind};
-use crate::peft::model_files::{BaseModel, INDEX_FILE};
-use crate::peft::st_file::to_tensor;
-use crate::peft::st_write::{tensor_bytes, write_file, Entry, Failure, Source};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use std::collections::HashMap;
@@ -76,7 +77,7 @@ pub fn merge_checkpoint(
         .values()
         .map(|t| byte_len(t.dtype, &t.shape) as u64)
         .sum();
-    let pb = progress_bar(total, options.progress);
+    let pb = progress_bar(options.progress, Unit::Bytes, total, 0);
     let mut report = MergeReport {
         output: out.to_path_buf(),
         merged: targets.keys().cloned().collect(),
@@ -102,19 +103,6 @@ pub fn merge_checkpoint(
 
 fn byte_len(dtype: Dtype, shape: &[usize]) -> usize {
     shape.iter().product::<usize>() * dtype.bitsize() / 8
-}
-
-fn progress_bar(total: u64, show: bool) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})")
-    {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb
 }
 
 /// Refuses to overwrite the base, an existing output (unless asked), or a file with a folder.

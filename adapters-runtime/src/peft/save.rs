@@ -1,14 +1,15 @@
 //! `save_adapter`: a model's adapters as a PEFT adapter folder.
 
-use crate::config::AdapterConfig;
+use crate::adapter_config::AdapterConfig;
+use crate::adapters::visit::checkpoint_path;
+use crate::adapters::Adapters;
 use crate::error::{AdapterError, Result};
 use crate::estimate::BaseDType;
-use crate::model::{checkpoint_path, Adapters};
-use crate::peft::atomic::Staging;
-use crate::peft::checkpoint::WEIGHTS_FILE;
-use crate::peft::config::{json_number, PeftConfig, TargetModules, CONFIG_FILE};
+use crate::io::atomic::Staging;
+use crate::io::safetensors_write::{tensor_bytes, write_file, Entry, Failure, Source};
+use crate::peft::adapter_file::WEIGHTS_FILE;
 use crate::peft::keys;
-use crate::peft::st_write::{tensor_bytes, write_file, Entry, Failure, Source};
+use crate::peft::peft_config::{json_number, PeftConfig, TargetModules, CONFIG_FILE};
 use candle_core::Var;
 use serde_json::{Map, Value};
 use std::collections::{BTreeSet, HashSet};
@@ -55,7 +56,7 @@ pub fn save_adapter_with<M: Adapters + ?Sized>(
     let (layers, bare) = collect(model)?;
     let config = peft_config(&layers, &bare, options)?;
     let json = config.to_json_string()?;
-    let parent = crate::peft::atomic::parent_of(dir);
+    let parent = crate::io::atomic::parent_of(dir);
     std::fs::create_dir_all(&parent).map_err(|e| AdapterError::io("creating", &parent, e))?;
     let staging = Staging::new(dir)?;
     let failure = Failure::default();

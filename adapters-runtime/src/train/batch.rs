@@ -2,7 +2,7 @@
 //! is saved with checkpoints so a resumed run sees exactly the batches it would have seen.
 
 use crate::error::{AdapterError, Result};
-use crate::ops::mix_seed;
+use crate::seed::{mix_seed, Fnv1a};
 use crate::train::data::permutation;
 use crate::train::pack::Sequence;
 use candle_core::{Device, Tensor};
@@ -241,17 +241,12 @@ impl BatchSource for BatchLoader {
 
 /// FNV-1a over the sequences' ids and masks.
 fn fingerprint(seqs: &[Sequence]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |x: u64| {
-        for b in x.to_le_bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut h = Fnv1a::default();
     for s in seqs {
-        eat(s.ids.len() as u64);
+        h.word(s.ids.len() as u64);
         for (&id, &m) in s.ids.iter().zip(&s.mask) {
-            eat(u64::from(id) << 1 | u64::from(m));
+            h.word(u64::from(id) << 1 | u64::from(m));
         }
     }
-    h
+    h.finish()
 }

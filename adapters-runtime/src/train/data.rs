@@ -1,10 +1,10 @@
 //! JSONL training data: one example per line, as `{"text": …}`, `{"prompt": …, "completion": …}`
 //! or `{"messages": [{"role": …, "content": …}, …]}`. Other keys are ignored; blank lines are
 //! skipped. A bad line is an error naming the file and its 1-based line, or, with
-//! [`LoadOptions::skip_bad_lines`], is skipped and reported in [`Dataset::skipped`].
+//! [`JsonlOptions::skip_bad_lines`], is skipped and reported in [`Dataset::skipped`].
 
 use crate::error::{AdapterError, Result};
-use crate::ops::mix_seed;
+use crate::seed::mix_seed;
 use crate::train::chat::{Message, ROLES};
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
@@ -28,7 +28,7 @@ pub enum Example {
 
 /// How [`load_jsonl`] treats bad lines.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LoadOptions {
+pub struct JsonlOptions {
     /// Skip (and count) bad lines instead of failing on the first one.
     pub skip_bad_lines: bool,
 }
@@ -56,7 +56,7 @@ pub struct Dataset {
 }
 
 /// Reads a JSONL file of examples (see the module docs for the accepted forms).
-pub fn load_jsonl(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Dataset> {
+pub fn load_jsonl(path: impl AsRef<Path>, options: &JsonlOptions) -> Result<Dataset> {
     let path = path.as_ref();
     let bytes =
         std::fs::read(path).map_err(|e| AdapterError::io("reading training data", path, e))?;
@@ -64,7 +64,7 @@ pub fn load_jsonl(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Datas
 }
 
 /// Parses JSONL content; `path` names the source in errors.
-pub fn parse_jsonl(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<Dataset> {
+pub fn parse_jsonl(bytes: &[u8], path: &Path, options: &JsonlOptions) -> Result<Dataset> {
     let mut ds = Dataset {
         path: path.to_path_buf(),
         examples: Vec::new(),

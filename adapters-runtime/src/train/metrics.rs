@@ -1,6 +1,7 @@
 //! Training metrics as JSONL: one record per line, appended with a single write each.
 
 use crate::error::{AdapterError, Result};
+use crate::io::atomic::write_file_atomic;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -58,7 +59,7 @@ impl MetricsWriter {
         for r in &kept {
             text.push_str(&line(r, &path)?);
         }
-        write_atomic(&path, text.as_bytes())?;
+        write_file_atomic(&path, text.as_bytes())?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
@@ -108,25 +109,6 @@ pub fn read_metrics(path: impl AsRef<Path>) -> Result<Vec<MetricRecord>> {
         out.push(r);
     }
     Ok(out)
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| AdapterError::io("creating a temporary file in", dir, e))?;
-    tmp.write_all(bytes)
-        .map_err(|e| AdapterError::io("writing", tmp.path().to_path_buf(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| AdapterError::io("syncing", tmp.path().to_path_buf(), e))?;
-    crate::peft::atomic::publish_mode(tmp.path())?;
-    tmp.persist(path)
-        .map_err(|e| AdapterError::io("renaming into", path, e.error))?;
-    Ok(())
 }
 
 /// The result of an evaluation.

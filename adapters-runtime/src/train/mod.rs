@@ -12,29 +12,32 @@
 //! * [`optim`], [`grads`]: PyTorch's AdamW with f32 state that can be checkpointed; gradient
 //!   accumulation and global-norm clipping.
 //! * [`schedule`]: linear warmup then cosine decay (transformers' semantics).
-//! * [`checkpoint`]: atomic training checkpoints; resuming continues exactly as if never stopped.
+//! * [`train_state`]: atomic training checkpoints; resuming continues exactly as if never stopped.
+//! * [`memory`]: the training-memory estimate of adapting an HF model (the `estimate` report).
 //! * [`metrics`]: JSONL metrics.
 //! * [`trainer`]: the [`Trainer`] loop.
 
 pub mod batch;
 pub mod chat;
-pub mod checkpoint;
 pub mod data;
 pub mod grads;
 pub mod loss;
+pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod pack;
 pub mod schedule;
 pub mod tokenizer;
+pub mod train_state;
 pub mod trainer;
 
 pub use batch::{Batch, BatchLoader, BatchSource, DataPosition};
 pub use chat::Message;
-pub use checkpoint::{latest_checkpoint, TrainerState};
-pub use data::{load_jsonl, split_train_eval, Dataset, Example, LoadOptions};
+
+pub use data::{load_jsonl, split_train_eval, Dataset, Example, JsonlOptions};
 pub use grads::{clip_grad_norm, GradAccumulator, Grads};
 pub use loss::{masked_cross_entropy, masked_cross_entropy_sum, token_accuracy};
+pub use memory::{estimate_training, EstimateRequest, TrainingEstimate};
 pub use metrics::{EvalMetrics, MetricRecord, MetricsWriter};
 pub use optim::{AdamW, AdamWConfig};
 pub use pack::{
@@ -43,4 +46,5 @@ pub use pack::{
 };
 pub use schedule::LrSchedule;
 pub use tokenizer::Tokenizer;
+pub use train_state::{latest_checkpoint, TrainerState};
 pub use trainer::{evaluate, TrainConfig, TrainSummary, Trainer};

@@ -118,7 +118,15 @@ impl Tokenizer {
         };
         let bos = lookup("bos_token", &BOS_NAMES)?;
         let eos = lookup("eos_token", &EOS_NAMES)?;
-        let pad = lookup("pad_token", &PAD_NAMES)?.or(eos).unwrap_or(0);
+        let pad = lookup("pad_token", &PAD_NAMES)?.or(eos).ok_or_else(|| {
+            tok_err(
+                name,
+                format!(
+                    "no padding token: neither `pad_token` nor `eos_token` is set, and the vocabulary has none of {:?} or {:?}",
+                    PAD_NAMES, EOS_NAMES
+                ),
+            )
+        })?;
         let max_added = inner
             .get_added_tokens_decoder()
             .keys()

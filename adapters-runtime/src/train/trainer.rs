@@ -2,19 +2,20 @@
 //! AdamW, evaluation and checkpoints every N steps, a NaN/Inf guard, JSONL metrics and a progress
 //! bar. Generic over any [`Adapters`] model and a loss closure.
 
+use crate::adapters::Adapters;
 use crate::error::{AdapterError, Result};
-use crate::model::Adapters;
+use crate::io::progress::{progress_bar, Unit};
 use crate::train::batch::{Batch, BatchSource};
-use crate::train::checkpoint::{self, checkpoint_name, AdapterSaver, TrainerState, FORMAT_VERSION};
 use crate::train::grads::{clip_grad_norm, GradAccumulator};
 use crate::train::loss::{masked_cross_entropy_sum, token_accuracy};
 use crate::train::metrics::{EvalMetrics, MetricRecord, MetricsWriter};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::schedule::LrSchedule;
+use crate::train::train_state::{
+    self, checkpoint_name, AdapterSaver, TrainerState, FORMAT_VERSION,
+};
 use candle_core::{DType, Tensor};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,15 @@ pub struct TrainConfig {
     pub progress: bool,
     /// The run's seed (recorded in checkpoints).
     pub seed: u64,
+    /// Check after the first backward pass of the run that every adapter tensor received a
+    /// gradient ([`Adapters::check_gradients`]) and stop with its error otherwise. On by default;
+    /// turn off only for a model that leaves some adapters out of the loss on purpose.
+    #[serde(default = "default_true")]
+    pub check_gradients: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl TrainConfig {
@@ -64,6 +74,7 @@ impl TrainConfig {
             metrics_path: None,
             progress: true,
             seed: 0,
+            check_gradients: true,
         }
     }
 
@@ -133,13 +144,15 @@ pub struct Trainer<'a, M: Adapters + ?Sized> {
     save_adapter: Option<Box<AdapterSaver<'a, M>>>,
     eval: Option<Box<Evaluator<'a, M>>>,
     last_checkpoint: Option<PathBuf>,
+    /// Whether this run already checked that gradients reach every adapter.
+    gradients_checked: bool,
 }
 
 impl<'a, M: Adapters + ?Sized> Trainer<'a, M> {
     /// A trainer over `model`'s trainable tensors (adapters must be attached).
     pub fn new(model: &M, config: TrainConfig) -> Result<Self> {
         config.validate()?;
-        let params = model.named_trainable_vars();
+        let params = model.named_trainable_vars()?;
         if params.is_empty() {
             return Err(AdapterError::NoAdapters { op: "train" });
         }
@@ -147,7 +160,11 @@ impl<'a, M: Adapters + ?Sized> Trainer<'a, M> {
         let state = TrainerState {
             format_version: FORMAT_VERSION,
             seed: config.seed,
-            config: serde_json::to_value(&config).unwrap_or_default(),
+            config: serde_json::to_value(&config).map_err(|e| AdapterError::InvalidState {
+                layer: "trainer".into(),
+                op: "new",
+                reason: format!("the training configuration is not serialisable: {e}"),
+            })?,
             ..TrainerState::default()
         };
         Ok(Self {
@@ -157,6 +174,7 @@ impl<'a, M: Adapters + ?Sized> Trainer<'a, M> {
             save_adapter: None,
             eval: None,
             last_checkpoint: None,
+            gradients_checked: false,
         })
     }
 
@@ -197,12 +215,12 @@ impl<'a, M: Adapters + ?Sized> Trainer<'a, M> {
     /// position, dropout counters, histories); the next [`Trainer::train`] continues exactly as
     /// the uninterrupted run would have.
     pub fn resume(&mut self, model: &M, data: &mut dyn BatchSource, dir: &Path) -> Result<()> {
-        let state = checkpoint::read_state(dir)?;
+        let state = train_state::read_state(dir)?;
         let before = data.position();
         if let Some(pos) = &state.data {
             data.restore(pos)?;
         }
-        let state = match checkpoint::load_checkpoint(dir, model, &mut self.optimizer) {
+        let state = match train_state::load_train_state(dir, model, &mut self.optimizer) {
             Ok(s) => s,
             Err(e) => {
                 let _ = data.restore(&before);
@@ -222,7 +240,7 @@ impl<'a, M: Adapters + ?Sized> Trainer<'a, M> {
         let Some(eval) = self.eval.as_mut() else {
             return Ok(None);
         };
-        let was_training = adapters_training(model);
+        let was_training = adapters_training(model)?;
         model.set_adapters_training(false)?;
         let result = eval(model);
         model.set_adapters_training(was_training)?;
@@ -248,8 +266,8 @@ impl<'a, M: Adapters + ?Sized> Trainer<'a, M> {
                 })?;
         let dir = root.join(checkpoint_name(self.state.step));
         self.state.data = Some(data.position());
-        self.state.dropout_steps = checkpoint::dropout_steps(model);
-        checkpoint::save_checkpoint(
+        self.state.dropout_steps = train_state::dropout_steps(model)?;
+        train_state::save_train_state(
             &dir,
             model,
             &self.optimizer,
@@ -257,7 +275,7 @@ impl<'a, M: Adapters + ?Sized> Trainer<'a, M> {
             self.save_adapter.as_deref(),
         )?;
         if self.config.keep_checkpoints > 0 {
-            checkpoint::prune_checkpoints(&root, self.config.keep_checkpoints)?;
+            train_state::prune_checkpoints(&root, self.config.keep_checkpoints)?;
         }
         self.last_checkpoint = Some(dir.clone());
         Ok(dir)
@@ -281,7 +299,12 @@ impl<'a, M: Adapters + ?Sized> Trainer<'a, M> {
             Some(p) => Some(MetricsWriter::open(p, Some(self.state.step))?),
             None => None,
         };
-        let bar = progress_bar(self.config.progress, self.config.steps, self.state.step);
+        let bar = progress_bar(
+            self.config.progress,
+            Unit::Steps,
+            self.config.steps,
+            self.state.step,
+        );
         let (mut run_tokens, mut run_time) = (0u64, Duration::ZERO);
         model.set_adapters_training(true)?;
         while self.state.step < self.config.steps {
@@ -377,6 +400,10 @@ impl<'a, M: Adapters + ?Sized> Trainer<'a, M> {
             }
             loss_sum += value;
             let grads = loss.backward()?;
+            if self.config.check_gradients && !self.gradients_checked {
+                model.check_gradients(&grads)?;
+                self.gradients_checked = true;
+            }
             acc.add_store(self.optimizer.params(), &grads)?;
         }
         let mut grads = acc.finish()?;
@@ -420,24 +447,10 @@ fn scalar(loss: &Tensor) -> Result<f64> {
 }
 
 /// Whether any attached adapter is in training mode.
-fn adapters_training<M: Adapters + ?Sized>(model: &M) -> bool {
+fn adapters_training<M: Adapters + ?Sized>(model: &M) -> Result<bool> {
     let mut any = false;
-    model.for_each_layer(&mut |_, l| any |= l.adapter().is_some_and(|a| a.is_training()));
-    any
-}
-
-fn progress_bar(enabled: bool, total: u64, start: u64) -> ProgressBar {
-    if !enabled || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
-    {
-        bar.set_style(style);
-    }
-    bar.set_position(start);
-    bar
+    model.for_each_layer(&mut |_, l| any |= l.adapter().is_some_and(|a| a.is_training()))?;
+    Ok(any)
 }
 
 /// Token-weighted loss and accuracy of `forward` (returning logits `[B, T, V]`) over `batches`;

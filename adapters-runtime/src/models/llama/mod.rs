@@ -1,16 +1,13 @@
 //! A Llama-family decoder (`LlamaForCausalLM`) with adaptable projections and embedding, loading
 //! HF checkpoints (`config.json` + `model.safetensors`, single or sharded).
 
-mod checkpoint;
-mod config;
+mod load;
 mod model;
 mod norm;
 mod rope;
 
-pub use checkpoint::{
-    init_random, load_checkpoint, random_weights, save_checkpoint, tensor_shapes, LoadedLlama,
-};
-pub use config::{LlamaConfig, RopeParameters};
+pub use crate::hf::llama_config::{LlamaConfig, RopeParameters};
+pub use load::{init_random, load_pretrained, random_weights, LoadedLlama};
 pub use model::{softmax_last, Attention, BaseMode, Block, Llama, LmHead, Mlp};
 pub use norm::RmsNorm;
 pub use rope::Rope;

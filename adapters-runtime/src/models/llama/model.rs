@@ -3,13 +3,14 @@
 //! are frozen and counted. Dimensions come from `config.json` at run time, so the counts are the
 //! runtime ones (see `examples/finetune` for compile-time constants of a fixed-size model).
 
-use super::config::LlamaConfig;
 use super::norm::RmsNorm;
 use super::rope::Rope;
 use crate::adapter;
+use crate::adapters::FrozenModule;
 use crate::candle_nn::{Embedding, Linear};
+use crate::hf::llama_config::LlamaConfig;
+use crate::hf::llama_layout::{self as layout, LlamaLayout};
 use crate::layers::{AdaptedEmbedding, AdaptedLinear};
-use crate::model::FrozenModule;
 use crate::ops::frozen_matmul;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
@@ -24,13 +25,17 @@ pub enum BaseMode {
     Trainable,
 }
 
-fn linear(
-    din: usize,
-    dout: usize,
-    bias: bool,
-    vb: VarBuilder,
+/// The projection `name` of a decoder layer, with the dimensions the layout gives it.
+fn projection(
+    cfg: &LlamaConfig,
+    name: &str,
+    vb: &VarBuilder,
     mode: BaseMode,
 ) -> candle_core::Result<AdaptedLinear> {
+    let (din, dout, bias) = LlamaLayout::new(cfg).projection_dims(name).ok_or_else(|| {
+        candle_core::Error::Msg(format!("no projection `{name}` in a Llama layer"))
+    })?;
+    let vb = vb.pp(name);
     let path = vb.prefix();
     let w = vb.get((dout, din), "weight")?;
     let b = if bias {
@@ -69,21 +74,14 @@ impl Attention {
         rope: Arc<Rope>,
         mode: BaseMode,
     ) -> candle_core::Result<Self> {
-        let (h, hd, nh, nkv) = (
-            cfg.hidden_size,
-            cfg.head_dim(),
-            cfg.num_attention_heads,
-            cfg.kv_heads(),
-        );
-        let b = cfg.attention_bias;
         Ok(Self {
-            q_proj: linear(h, nh * hd, b, vb.pp("q_proj"), mode)?,
-            k_proj: linear(h, nkv * hd, b, vb.pp("k_proj"), mode)?,
-            v_proj: linear(h, nkv * hd, b, vb.pp("v_proj"), mode)?,
-            o_proj: linear(nh * hd, h, b, vb.pp("o_proj"), mode)?,
-            n_heads: nh,
-            n_kv_heads: nkv,
-            head_dim: hd,
+            q_proj: projection(cfg, "q_proj", &vb, mode)?,
+            k_proj: projection(cfg, "k_proj", &vb, mode)?,
+            v_proj: projection(cfg, "v_proj", &vb, mode)?,
+            o_proj: projection(cfg, "o_proj", &vb, mode)?,
+            n_heads: cfg.num_attention_heads,
+            n_kv_heads: cfg.kv_heads(),
+            head_dim: cfg.head_dim(),
             rope,
         })
     }
@@ -148,11 +146,10 @@ pub struct Mlp {
 
 impl Mlp {
     fn load(cfg: &LlamaConfig, vb: VarBuilder, mode: BaseMode) -> candle_core::Result<Self> {
-        let (h, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(Self {
-            gate_proj: linear(h, i, b, vb.pp("gate_proj"), mode)?,
-            up_proj: linear(h, i, b, vb.pp("up_proj"), mode)?,
-            down_proj: linear(i, h, b, vb.pp("down_proj"), mode)?,
+            gate_proj: projection(cfg, "gate_proj", &vb, mode)?,
+            up_proj: projection(cfg, "up_proj", &vb, mode)?,
+            down_proj: projection(cfg, "down_proj", &vb, mode)?,
         })
     }
 
@@ -189,9 +186,9 @@ impl Block {
             ))
         };
         Ok(Self {
-            input_layernorm: norm("input_layernorm")?,
+            input_layernorm: norm(layout::LAYER_NORMS[0])?,
             self_attn: Attention::load(cfg, vb.pp("self_attn"), rope, mode)?,
-            post_attention_layernorm: norm("post_attention_layernorm")?,
+            post_attention_layernorm: norm(layout::LAYER_NORMS[1])?,
             mlp: Mlp::load(cfg, vb.pp("mlp"), mode)?,
         })
     }
@@ -252,27 +249,26 @@ impl Llama {
             vb.dtype(),
             vb.device(),
         )?);
-        let m = vb.pp("model");
-        let table = m
-            .pp("embed_tokens")
+        let table = vb
+            .pp(layout::EMBED_TOKENS)
             .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
         let embed_tokens = match mode {
             BaseMode::Frozen => AdaptedEmbedding::new(table),
             BaseMode::Trainable => AdaptedEmbedding::new_trainable(table),
         }
-        .with_path("model.embed_tokens");
+        .with_path(layout::EMBED_TOKENS);
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Block::load(cfg, m.pp("layers").pp(i), rope.clone(), mode))
+            .map(|i| Block::load(cfg, vb.pp(layout::LAYERS).pp(i), rope.clone(), mode))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let norm = RmsNorm::new(
-            m.pp("norm").get(cfg.hidden_size, "weight")?,
+            vb.pp(layout::FINAL_NORM).get(cfg.hidden_size, "weight")?,
             cfg.rms_norm_eps,
         );
         let lm_head = if cfg.tie_word_embeddings {
             LmHead::Tied
         } else {
             LmHead::Untied(
-                vb.pp("lm_head")
+                vb.pp(layout::LM_HEAD)
                     .get((cfg.vocab_size, cfg.hidden_size), "weight")?,
             )
         };
@@ -332,42 +328,42 @@ impl Llama {
         } else {
             self.embed_tokens.embeddings().clone()
         };
-        out.push(("model.embed_tokens.weight".to_string(), emb));
+        out.push((format!("{}.weight", layout::EMBED_TOKENS), emb));
         for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((
-                format!("{p}.input_layernorm.weight"),
-                l.input_layernorm.weight().clone(),
-            ));
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                l.post_attention_layernorm.weight().clone(),
-            ));
-            let a = &l.self_attn;
-            let m = &l.mlp;
-            for (name, lin) in [
-                ("self_attn.q_proj", &a.q_proj),
-                ("self_attn.k_proj", &a.k_proj),
-                ("self_attn.v_proj", &a.v_proj),
-                ("self_attn.o_proj", &a.o_proj),
-                ("mlp.gate_proj", &m.gate_proj),
-                ("mlp.up_proj", &m.up_proj),
-                ("mlp.down_proj", &m.down_proj),
-            ] {
+            let norms = [&l.input_layernorm, &l.post_attention_layernorm];
+            for (name, norm) in layout::LAYER_NORMS.iter().zip(norms) {
+                let key = format!("{}.{i}.{name}.weight", layout::LAYERS);
+                out.push((key, norm.weight().clone()));
+            }
+            let (a, m) = (&l.self_attn, &l.mlp);
+            let linears = [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &m.gate_proj,
+                &m.up_proj,
+                &m.down_proj,
+            ];
+            for (p, lin) in layout::PROJECTIONS.iter().zip(linears) {
+                let path = LlamaLayout::projection_path(i, p);
                 let w = if merged {
                     lin.merged_weight_tensor()?
                 } else {
                     lin.weight().clone()
                 };
-                out.push((format!("{p}.{name}.weight"), w));
+                out.push((format!("{path}.weight"), w));
                 if let Some(b) = lin.bias() {
-                    out.push((format!("{p}.{name}.bias"), b.clone()));
+                    out.push((format!("{path}.bias"), b.clone()));
                 }
             }
         }
-        out.push(("model.norm.weight".to_string(), self.norm.weight().clone()));
+        out.push((
+            format!("{}.weight", layout::FINAL_NORM),
+            self.norm.weight().clone(),
+        ));
         if let LmHead::Untied(w) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), w.clone()));
+            out.push((format!("{}.weight", layout::LM_HEAD), w.clone()));
         }
         Ok(out)
     }

@@ -1,7 +1,7 @@
 //! RMSNorm as HF Llama computes it (in f32, scaled in the input dtype), from ops that record
 //! gradients (candle's fused `rms_norm` records none).
 
-use crate::model::FrozenModule;
+use crate::adapters::FrozenModule;
 use candle_core::{DType, Tensor, D};
 
 /// `weight ⊙ (x / √(mean(x²) + ε))`, the normalisation done in f32.

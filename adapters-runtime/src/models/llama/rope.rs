@@ -1,7 +1,7 @@
 //! Rotary position embeddings, HF's non-interleaved (`rotate_half`) form, built from ops that
 //! record gradients (candle's fused `rope*` kernels record none).
 
-use super::config::RopeParameters;
+use crate::hf::llama_config::RopeParameters;
 use candle_core::{DType, Device, Tensor, D};
 
 /// Precomputed `cos` / `sin` tables `[max_positions, head_dim]`.

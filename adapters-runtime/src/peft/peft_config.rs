@@ -1,7 +1,8 @@
 //! `adapter_config.json`: PEFT's `LoraConfig`, read (unknown fields kept) and written (sorted keys,
 //! as PEFT writes them).
 
-use crate::config::{AdapterConfig, Init};
+use crate::adapter_config::{AdapterConfig, Init};
+use crate::adapters::targets::Targets;
 use crate::error::{AdapterError, Result};
 use crate::estimate::Method;
 use crate::peft::patterns::Patterns;
@@ -198,18 +199,12 @@ impl PeftConfig {
         if restricted {
             return None;
         }
-        match self.target_modules.as_ref()? {
-            TargetModules::List(names) => Some(
-                names
-                    .iter()
-                    .any(|t| module == t || module.ends_with(&format!(".{t}"))),
-            ),
-            TargetModules::Regex(r) if r == "all-linear" => None,
-            TargetModules::Regex(r) => {
-                let re = regex::Regex::new(&format!("^(?:{r})$")).ok()?;
-                Some(re.is_match(module))
-            }
-        }
+        let targets = match self.target_modules.as_ref()? {
+            TargetModules::List(names) => Targets::names(names),
+            TargetModules::Regex(r) if r == "all-linear" => return None,
+            TargetModules::Regex(r) => Targets::regex(r).ok()?,
+        };
+        Some(targets.matches(module))
     }
 
     /// The file's JSON, keys sorted at every level as PEFT writes it.

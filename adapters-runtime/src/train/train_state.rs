@@ -8,9 +8,10 @@
 //! A checkpoint is written into a temporary sibling folder and renamed into place, so a crash
 //! never leaves a half-written checkpoint under the final name.
 
+use crate::adapters::Adapters;
 use crate::error::{AdapterError, Result};
-use crate::model::Adapters;
-use crate::peft::atomic::{parent_of, Staging};
+use crate::io::atomic::{parent_of, Staging};
+use crate::io::safetensors_write::write_tensors;
 use crate::train::batch::DataPosition;
 use crate::train::metrics::EvalMetrics;
 use crate::train::optim::AdamW;
@@ -102,14 +103,14 @@ pub fn prune_checkpoints(root: &Path, keep: usize) -> Result<()> {
 }
 
 /// The dropout counters of every attached adapter, by layer path.
-pub fn dropout_steps<M: Adapters + ?Sized>(model: &M) -> BTreeMap<String, u64> {
+pub fn dropout_steps<M: Adapters + ?Sized>(model: &M) -> Result<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     model.for_each_layer(&mut |path, l| {
         if let Some(ad) = l.adapter() {
             out.insert(path.to_string(), ad.dropout_step());
         }
-    });
-    out
+    })?;
+    Ok(out)
 }
 
 fn check_dropout_keys<M: Adapters + ?Sized>(
@@ -117,7 +118,7 @@ fn check_dropout_keys<M: Adapters + ?Sized>(
     steps: &BTreeMap<String, u64>,
     dir: &Path,
 ) -> Result<()> {
-    let current = dropout_steps(model);
+    let current = dropout_steps(model)?;
     if current.keys().ne(steps.keys()) {
         return Err(AdapterError::Resume {
             path: dir.to_path_buf(),
@@ -140,15 +141,14 @@ pub fn set_dropout_steps<M: Adapters + ?Sized>(
         if let (Some(ad), Some(&s)) = (l.adapter(), steps.get(path)) {
             ad.set_dropout_step(s);
         }
-    });
-    Ok(())
+    })
 }
 
 /// A saver that writes the model's adapter into a folder (e.g. PEFT's `save_adapter`).
 pub type AdapterSaver<'a, M> = dyn Fn(&M, &Path) -> Result<()> + 'a;
 
 /// Writes a checkpoint into `dir` atomically (replacing an existing one).
-pub fn save_checkpoint<M: Adapters + ?Sized>(
+pub fn save_train_state<M: Adapters + ?Sized>(
     dir: &Path,
     model: &M,
     optimizer: &AdamW,
@@ -159,16 +159,15 @@ pub fn save_checkpoint<M: Adapters + ?Sized>(
     std::fs::create_dir_all(&parent)
         .map_err(|e| AdapterError::io("creating checkpoint folder", &parent, e))?;
     let tmp = Staging::new(dir)?;
-    let trainable: HashMap<String, Tensor> = model
-        .named_trainable_vars()
+    let trainable: Vec<(String, Tensor)> = model
+        .named_trainable_vars()?
         .into_iter()
         .map(|(k, v)| (k, v.as_tensor().detach()))
         .collect();
-    save_tensors(&trainable, &tmp.path().join(TRAINABLE_FILE))?;
-    save_tensors(
-        &optimizer.state_tensors()?,
-        &tmp.path().join(OPTIMIZER_FILE),
-    )?;
+    write_tensors(&tmp.path().join(TRAINABLE_FILE), &trainable, None)?;
+    let mut moments: Vec<(String, Tensor)> = optimizer.state_tensors()?.into_iter().collect();
+    moments.sort_by(|a, b| a.0.cmp(&b.0));
+    write_tensors(&tmp.path().join(OPTIMIZER_FILE), &moments, None)?;
     let json = serde_json::to_vec_pretty(state).map_err(|source| AdapterError::Json {
         path: dir.join(STATE_FILE),
         source,
@@ -180,16 +179,6 @@ pub fn save_checkpoint<M: Adapters + ?Sized>(
         save(model, &adapter_dir)?;
     }
     tmp.commit(false)
-}
-
-fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    candle_core::safetensors::save(tensors, path).map_err(|e| AdapterError::Resume {
-        path: path.to_path_buf(),
-        what: "write".into(),
-        expected: "success".into(),
-        actual: e.to_string(),
-    })?;
-    crate::peft::atomic::publish_mode(path)
 }
 
 fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
@@ -229,13 +218,13 @@ pub fn read_state(dir: &Path) -> Result<TrainerState> {
 
 /// Restores a checkpoint into `model` (trainable tensors, dropout counters) and `optimizer`;
 /// returns the trainer state. Everything is checked before anything is modified.
-pub fn load_checkpoint<M: Adapters + ?Sized>(
+pub fn load_train_state<M: Adapters + ?Sized>(
     dir: &Path,
     model: &M,
     optimizer: &mut AdamW,
 ) -> Result<TrainerState> {
     let state = read_state(dir)?;
-    let vars = model.named_trainable_vars();
+    let vars = model.named_trainable_vars()?;
     let device = vars
         .first()
         .map_or(Device::Cpu, |(_, v)| v.device().clone());

@@ -2,7 +2,7 @@
 //! `model.safetensors` or shards listed in `model.safetensors.index.json`.
 
 use crate::error::{AdapterError, KeyIssue, Result};
-use crate::peft::st_file::MappedFile;
+use crate::io::safetensors_file::MappedFile;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;

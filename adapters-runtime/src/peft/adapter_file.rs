@@ -1,11 +1,11 @@
 //! Reading a PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors`) into
 //! per-module tensors, checking every key, dtype and shape against the config.
 
-use crate::config::AdapterConfig;
+use crate::adapter_config::AdapterConfig;
 use crate::error::{AdapterError, KeyIssue, Result};
-use crate::peft::config::{PeftConfig, CONFIG_FILE};
-use crate::peft::keys::{self, Kind, Role};
-use crate::peft::st_file::{to_tensor, MappedFile};
+use crate::io::safetensors_file::{to_tensor, MappedFile};
+use crate::peft::keys::{self, AdapterTensor, Kind};
+use crate::peft::peft_config::{PeftConfig, CONFIG_FILE};
 use candle_core::Tensor;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,7 +51,7 @@ impl ModuleAdapter {
     }
 
     /// The key PEFT writes for this module's `role` tensor.
-    pub fn key(&self, role: Role) -> String {
+    pub fn key(&self, role: AdapterTensor) -> String {
         keys::key(&self.module, role, self.kind)
     }
 
@@ -78,7 +78,7 @@ pub struct AdapterCheckpoint {
 /// The tensors found for one module while grouping keys.
 #[derive(Default)]
 struct Group {
-    found: BTreeMap<Role, (String, Option<Kind>)>,
+    found: BTreeMap<AdapterTensor, (String, Option<Kind>)>,
 }
 
 impl AdapterCheckpoint {
@@ -204,7 +204,7 @@ fn check_group(
         return None;
     }
     let mut ok = true;
-    for role in [Role::A, Role::B] {
+    for role in [AdapterTensor::A, AdapterTensor::B] {
         if !g.found.contains_key(&role) {
             issues.push(KeyIssue::new(
                 keys::key(module, role, kind),
@@ -215,10 +215,10 @@ fn check_group(
         }
     }
     let dora = cfg.method == crate::estimate::Method::Dora;
-    match (g.found.get(&Role::Magnitude), dora) {
+    match (g.found.get(&AdapterTensor::Magnitude), dora) {
         (None, true) => {
             issues.push(KeyIssue::new(
-                keys::key(module, Role::Magnitude, kind),
+                keys::key(module, AdapterTensor::Magnitude, kind),
                 "present (use_dora is true)",
                 "missing",
             ));
@@ -236,15 +236,15 @@ fn check_group(
     }
     if config.targets(module) == Some(false) {
         issues.push(KeyIssue::new(
-            keys::key(module, Role::A, kind),
+            keys::key(module, AdapterTensor::A, kind),
             "a module matched by target_modules",
             format!("`{module}`, which target_modules does not match"),
         ));
         ok = false;
     }
-    let get = |r: Role| g.found.get(&r).map(|(n, _)| n.clone());
-    match (ok, get(Role::A), get(Role::B)) {
-        (true, Some(a), Some(b)) => Some((kind, a, b, get(Role::Magnitude))),
+    let get = |r: AdapterTensor| g.found.get(&r).map(|(n, _)| n.clone());
+    match (ok, get(AdapterTensor::A), get(AdapterTensor::B)) {
+        (true, Some(a), Some(b)) => Some((kind, a, b, get(AdapterTensor::Magnitude))),
         _ => None,
     }
 }

@@ -1,8 +1,10 @@
-//! Writing safetensors files tensor by tensor: pass-through views of a mapped input, owned bytes,
-//! or bytes computed only when the writer reaches the tensor (so a merge holds one tensor at a
-//! time). Files are written by `safetensors::serialize_to_file` (temp file + rename).
+//! The one safetensors writer: tensor by tensor, from pass-through views of a mapped input, owned
+//! bytes, or bytes computed only when the writer reaches the tensor (so a merge holds one tensor at
+//! a time). The file is written beside the target under a hidden name and renamed over it only
+//! once every tensor was written: a failure never touches an existing file.
 
 use crate::error::{AdapterError, Result};
+use crate::io::atomic::{publish_mode, temp_beside};
 use candle_core::{DType, Device, Tensor};
 use indicatif::ProgressBar;
 use safetensors::tensor::{Dtype, TensorView, View};
@@ -122,27 +124,58 @@ impl View for Entry<'_> {
     }
 }
 
-/// Writes `entries` to `path` (atomically: a temp file beside it, then rename); fails, leaving
-/// no file, when a lazy tensor failed.
+/// Writes `entries` to `path` atomically: a hidden temporary file beside it, renamed over `path`
+/// only when every tensor was written (a lazy tensor's failure leaves `path` as it was).
 pub fn write_file(
     path: &Path,
     entries: Vec<(String, Entry<'_>)>,
     metadata: Option<HashMap<String, String>>,
     failure: &Failure,
 ) -> Result<()> {
-    safetensors::serialize_to_file(entries, metadata, path).map_err(|source| match source {
-        safetensors::SafeTensorError::IoError(e) => AdapterError::io("writing", path, e),
-        source => AdapterError::SafeTensors {
-            path: path.into(),
-            source,
+    let tmp = temp_beside(path)?;
+    safetensors::serialize_to_file(entries, metadata, tmp.path()).map_err(
+        |source| match source {
+            safetensors::SafeTensorError::IoError(e) => AdapterError::io("writing", tmp.path(), e),
+            source => AdapterError::SafeTensors {
+                path: path.into(),
+                source,
+            },
         },
-    })?;
-    crate::peft::atomic::publish_mode(path)?;
+    )?;
     if let Some(e) = failure.borrow_mut().take() {
-        let _ = std::fs::remove_file(path);
         return Err(e);
     }
+    publish_mode(tmp.path())?;
+    tmp.persist(path)
+        .map_err(|e| AdapterError::io("renaming into", path, e.error))?;
     Ok(())
+}
+
+/// Writes in-memory tensors (any device) to `path` with [`write_file`].
+pub fn write_tensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let failure = Failure::default();
+    let mut entries = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let (dtype, bytes) = tensor_bytes(t)?;
+        let entry = Entry::new(
+            dtype,
+            t.dims().to_vec(),
+            Source::Owned(bytes),
+            &failure,
+            None,
+        );
+        entries.push((name.clone(), entry));
+    }
+    write_file(path, entries, metadata, &failure)
+}
+
+/// `{"format": "pt"}`: the metadata PyTorch-side readers (transformers, PEFT) expect.
+pub fn pt_metadata() -> Option<HashMap<String, String>> {
+    Some(HashMap::from([("format".to_string(), "pt".to_string())]))
 }
 
 /// The little-endian bytes of a tensor (copied to the CPU), and its safetensors dtype.

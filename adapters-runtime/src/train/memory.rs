@@ -3,8 +3,9 @@
 
 use crate::error::{AdapterError, Result};
 use crate::estimate::{self as est, human_bytes, BaseDType, Method};
-use crate::peft::hf_config::{LlamaConfig, ModuleDims, LAYER_PROJECTIONS};
-use crate::peft::table::{thousands, Table};
+use crate::hf::llama_config::LlamaConfig;
+use crate::hf::llama_layout::{LlamaLayout, ModuleDims, PROJECTIONS};
+use crate::io::table::{thousands, Table};
 use std::fmt;
 
 /// What to estimate.
@@ -56,7 +57,7 @@ fn resolve_targets(modules: &[ModuleDims], targets: &[String]) -> Result<Vec<&'s
     let mut out: Vec<&'static str> = Vec::new();
     for t in targets.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
         let names: Vec<&'static str> = if t == "all-linear" {
-            LAYER_PROJECTIONS.to_vec()
+            PROJECTIONS.iter().map(|p| p.name).collect()
         } else {
             match modules.iter().find(|m| m.name == t) {
                 Some(m) => vec![m.name],
@@ -98,46 +99,67 @@ pub fn estimate_training(
         });
     }
     let (m, r, dt) = (request.method, request.rank, request.dtype);
-    let modules = config.modules();
+    let layout = LlamaLayout::new(config);
+    let modules = layout.modules();
     let targets = resolve_targets(&modules, &request.targets)?;
-    let mut frozen = config.norm_params();
-    let (mut trainable, mut act, mut adapted_layers) = (0, 0, 0);
+    let mut frozen = Some(layout.norm_params());
+    let (mut trainable, mut act, mut adapted_layers) = (Some(0), Some(0), 0);
     for d in &modules {
         let adapted = targets.contains(&d.name);
+        let count = Some(d.count);
         if !d.tied {
-            frozen += d.count
-                * if d.embedding {
-                    est::embedding_params(d.din, d.dout)
-                } else {
-                    est::linear_params(d.din, d.dout, d.bias)
-                };
-        }
-        act += d.count
-            * match (adapted, d.embedding) {
-                (true, true) => est::activation_bytes_adapted_embedding(m, d.dout, r, dt),
-                (true, false) => est::activation_bytes_adapted_linear(m, d.din, d.dout, r, dt),
-                (false, true) => 0,
-                (false, false) => est::activation_bytes_frozen_linear(d.din, dt),
+            let params = if d.embedding {
+                est::embedding_params(d.din, d.dout)
+            } else {
+                est::linear_params(d.din, d.dout, d.bias)
             };
+            frozen = est::add(frozen, est::mul(count, params));
+        }
+        let per_token = match (adapted, d.embedding) {
+            (true, true) => est::activation_bytes_adapted_embedding(m, d.dout, r, dt),
+            (true, false) => est::activation_bytes_adapted_linear(m, d.din, d.dout, r, dt),
+            (false, true) => Some(0),
+            (false, false) => est::activation_bytes_frozen_linear(d.din, dt),
+        };
+        act = est::add(act, est::mul(count, per_token));
         if adapted {
-            trainable += d.count * est::adapter_params(m, d.din, d.dout, r);
+            let params = est::adapter_params(m, d.din, d.dout, r);
+            trainable = est::add(trainable, est::mul(count, params));
             adapted_layers += d.count;
         }
     }
-    let activation_bytes = request.batch_tokens * act;
+    let overflow = || AdapterError::InvalidArgument {
+        name: "estimate".into(),
+        expected: "sizes whose products fit in 64 bits".into(),
+        actual: format!(
+            "an overflow with rank {r}, batch_tokens {} and the model's dimensions",
+            request.batch_tokens
+        ),
+    };
+    let (frozen, trainable, act) = (
+        frozen.ok_or_else(overflow)?,
+        trainable.ok_or_else(overflow)?,
+        act.ok_or_else(overflow)?,
+    );
+    let activation_bytes = request.batch_tokens.checked_mul(act).ok_or_else(overflow)?;
     Ok(TrainingEstimate {
         request: request.clone(),
         targets,
         adapted_layers,
         frozen_params: frozen,
         trainable_params: trainable,
-        base_bytes: est::base_bytes(frozen, dt),
-        adapter_bytes: est::adapter_bytes(trainable),
-        gradient_bytes: trainable * est::GRAD_BYTES,
-        optimizer_bytes: trainable * est::ADAMW_STATE_BYTES,
+        base_bytes: est::base_bytes(frozen, dt).ok_or_else(overflow)?,
+        adapter_bytes: est::adapter_bytes(trainable).ok_or_else(overflow)?,
+        gradient_bytes: trainable
+            .checked_mul(est::GRAD_BYTES)
+            .ok_or_else(overflow)?,
+        optimizer_bytes: trainable
+            .checked_mul(est::ADAMW_STATE_BYTES)
+            .ok_or_else(overflow)?,
         activation_bytes_per_token: act,
         activation_bytes,
-        total_bytes: est::vram_bytes(frozen, dt, trainable, activation_bytes),
+        total_bytes: est::vram_bytes(frozen, dt, trainable, activation_bytes)
+            .ok_or_else(overflow)?,
     })
 }
 

@@ -1,8 +1,9 @@
-//! Atomic folder writes: everything is written into a staging folder next to the target, which
-//! then replaces the target by `rename`. An interrupted write leaves the previous target intact
-//! (and at worst a hidden `.<name>.*` staging folder beside it, removed on the next drop).
+//! Atomic writes: a file or a folder is written under a hidden name beside its target, which it
+//! then replaces by `rename`. An interrupted write leaves the previous target intact (and at worst
+//! a hidden `.<name>.*` file or folder beside it).
 
 use crate::error::{AdapterError, Result};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 
@@ -108,9 +109,34 @@ fn move_unstaged(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A hidden temporary file beside `path` (`.<name>.XXXX.partial`), deleted on drop unless
+/// persisted.
+pub fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = parent_of(path);
+    tempfile::Builder::new()
+        .prefix(&hidden_prefix(path))
+        .suffix(".partial")
+        .tempfile_in(&dir)
+        .map_err(|e| AdapterError::io("creating a temporary file in", &dir, e))
+}
+
+/// Writes `bytes` to `path` atomically: a hidden temporary file beside it, synced, then renamed.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = temp_beside(path)?;
+    tmp.write_all(bytes)
+        .map_err(|e| AdapterError::io("writing", tmp.path().to_path_buf(), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| AdapterError::io("syncing", tmp.path().to_path_buf(), e))?;
+    publish_mode(tmp.path())?;
+    tmp.persist(path)
+        .map_err(|e| AdapterError::io("renaming into", path, e.error))?;
+    Ok(())
+}
+
 /// Gives a published file the usual `rw-r--r--` mode: files written through a temporary file
 /// (`tempfile`, and `safetensors::serialize_to_file`, which uses one) are created private (0600).
-pub(crate) fn publish_mode(path: &Path) -> Result<()> {
+pub fn publish_mode(path: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

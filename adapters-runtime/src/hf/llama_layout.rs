@@ -1,0 +1,222 @@
+//! The one table of a Llama-family checkpoint's tensors (names, shapes, biases, what is adaptable),
+//! which drives loading, saving, random initialisation, module lists and memory estimates.
+//!
+//! Llama, Mistral, Qwen2 and the like share this layout: `model.embed_tokens`, per decoder layer
+//! `input_layernorm`, `self_attn.{q,k,v,o}_proj`, `post_attention_layernorm`,
+//! `mlp.{gate,up,down}_proj`, then `model.norm` and `lm_head` (absent when tied).
+
+use crate::hf::llama_config::LlamaConfig;
+
+/// The embedding table's module path.
+pub const EMBED_TOKENS: &str = "model.embed_tokens";
+/// The decoder layers' module path (`model.layers.N`).
+pub const LAYERS: &str = "model.layers";
+/// The final norm's module path.
+pub const FINAL_NORM: &str = "model.norm";
+/// The output projection's module path (absent from tied checkpoints).
+pub const LM_HEAD: &str = "lm_head";
+/// The two RMS norms of every decoder layer, in checkpoint order.
+pub const LAYER_NORMS: [&str; 2] = ["input_layernorm", "post_attention_layernorm"];
+
+/// A linear projection of a decoder layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Projection {
+    /// The sub-module holding it: `self_attn` or `mlp`.
+    pub block: &'static str,
+    /// Its name, as PEFT's `target_modules` names it (`q_proj`, …).
+    pub name: &'static str,
+}
+
+/// The seven projections of every decoder layer, in checkpoint order (what PEFT's `all-linear`
+/// targets in a Llama).
+pub const PROJECTIONS: [Projection; 7] = [
+    Projection {
+        block: "self_attn",
+        name: "q_proj",
+    },
+    Projection {
+        block: "self_attn",
+        name: "k_proj",
+    },
+    Projection {
+        block: "self_attn",
+        name: "v_proj",
+    },
+    Projection {
+        block: "self_attn",
+        name: "o_proj",
+    },
+    Projection {
+        block: "mlp",
+        name: "gate_proj",
+    },
+    Projection {
+        block: "mlp",
+        name: "up_proj",
+    },
+    Projection {
+        block: "mlp",
+        name: "down_proj",
+    },
+];
+
+/// One kind of weight of the model, with its dimensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleDims {
+    /// Its name (`q_proj`, `embed_tokens`, `lm_head`, …), as PEFT's `target_modules` names it.
+    pub name: &'static str,
+    /// Input features (vocab size for the embedding).
+    pub din: usize,
+    /// Output features (embedding width for the embedding).
+    pub dout: usize,
+    /// Whether it has a bias.
+    pub bias: bool,
+    /// How many the model holds (`num_hidden_layers` for per-layer projections).
+    pub count: usize,
+    /// Whether it is an embedding table.
+    pub embedding: bool,
+    /// Whether its weight is the embedding table's (a tied `lm_head`: no parameters of its own).
+    pub tied: bool,
+}
+
+/// What a checkpoint tensor is (random initialisation draws each kind as HF does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorRole {
+    /// A weight matrix or the embedding table: N(0, 0.02).
+    Matrix,
+    /// A norm scale: ones.
+    NormScale,
+    /// A bias: zeros.
+    Bias,
+}
+
+/// One tensor of a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Its HF name (`model.layers.0.self_attn.q_proj.weight`).
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// What it is.
+    pub role: TensorRole,
+}
+
+/// The layout of one configuration's checkpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct LlamaLayout<'a> {
+    config: &'a LlamaConfig,
+}
+
+impl<'a> LlamaLayout<'a> {
+    /// The layout of `config`'s checkpoint.
+    pub fn new(config: &'a LlamaConfig) -> Self {
+        Self { config }
+    }
+
+    /// `(in, out, bias)` of a projection, by name.
+    pub fn projection_dims(&self, name: &str) -> Option<(usize, usize, bool)> {
+        let c = self.config;
+        let h = c.hidden_size;
+        let q = c.num_attention_heads * c.head_dim();
+        let kv = c.kv_heads() * c.head_dim();
+        let (ab, mb, i) = (c.attention_bias, c.mlp_bias, c.intermediate_size);
+        Some(match name {
+            "q_proj" => (h, q, ab),
+            "k_proj" | "v_proj" => (h, kv, ab),
+            "o_proj" => (q, h, ab),
+            "gate_proj" | "up_proj" => (h, i, mb),
+            "down_proj" => (i, h, mb),
+            _ => return None,
+        })
+    }
+
+    /// The module path of layer `layer`'s projection (`model.layers.3.self_attn.q_proj`).
+    pub fn projection_path(layer: usize, p: &Projection) -> String {
+        format!("{LAYERS}.{layer}.{}.{}", p.block, p.name)
+    }
+
+    /// Every weight kind: the embedding, the seven projections per layer, and `lm_head` (marked
+    /// `tied` when it shares the embedding table).
+    pub fn modules(&self) -> Vec<ModuleDims> {
+        let c = self.config;
+        let mut out = vec![ModuleDims {
+            name: "embed_tokens",
+            din: c.vocab_size,
+            dout: c.hidden_size,
+            bias: false,
+            count: 1,
+            embedding: true,
+            tied: false,
+        }];
+        for p in &PROJECTIONS {
+            let (din, dout, bias) = self.projection_dims(p.name).unwrap_or_default();
+            out.push(ModuleDims {
+                name: p.name,
+                din,
+                dout,
+                bias,
+                count: c.num_hidden_layers,
+                embedding: false,
+                tied: false,
+            });
+        }
+        out.push(ModuleDims {
+            name: "lm_head",
+            din: c.hidden_size,
+            dout: c.vocab_size,
+            bias: false,
+            count: 1,
+            embedding: false,
+            tied: c.tie_word_embeddings,
+        });
+        out
+    }
+
+    /// Parameters of the RMS norms (two per layer and the final one), which are never adapted.
+    pub fn norm_params(&self) -> usize {
+        (LAYER_NORMS.len() * self.config.num_hidden_layers + 1) * self.config.hidden_size
+    }
+
+    /// Every tensor of the checkpoint, in checkpoint order.
+    pub fn tensors(&self) -> Vec<TensorSpec> {
+        let c = self.config;
+        let (h, v) = (c.hidden_size, c.vocab_size);
+        let spec = |name: String, shape: Vec<usize>, role| TensorSpec { name, shape, role };
+        let mut out = vec![spec(
+            format!("{EMBED_TOKENS}.weight"),
+            vec![v, h],
+            TensorRole::Matrix,
+        )];
+        for l in 0..c.num_hidden_layers {
+            for norm in LAYER_NORMS {
+                let name = format!("{LAYERS}.{l}.{norm}.weight");
+                out.push(spec(name, vec![h], TensorRole::NormScale));
+            }
+            for p in &PROJECTIONS {
+                let (din, dout, bias) = self.projection_dims(p.name).unwrap_or_default();
+                let path = Self::projection_path(l, p);
+                out.push(spec(
+                    format!("{path}.weight"),
+                    vec![dout, din],
+                    TensorRole::Matrix,
+                ));
+                if bias {
+                    out.push(spec(format!("{path}.bias"), vec![dout], TensorRole::Bias));
+                }
+            }
+        }
+        out.push(spec(
+            format!("{FINAL_NORM}.weight"),
+            vec![h],
+            TensorRole::NormScale,
+        ));
+        if !c.tie_word_embeddings {
+            out.push(spec(
+                format!("{LM_HEAD}.weight"),
+                vec![v, h],
+                TensorRole::Matrix,
+            ));
+        }
+        out
+    }
+}

@@ -1,0 +1,61 @@
+//! Writing an HF model folder: `config.json` + `model.safetensors` (metadata `{"format": "pt"}`),
+//! replaced atomically.
+
+use crate::error::{AdapterError, Result};
+use crate::hf::llama_config::LlamaConfig;
+use crate::io::atomic::Staging;
+use crate::io::safetensors_write::{pt_metadata, write_tensors};
+use candle_core::{DType, Tensor};
+use std::path::{Path, PathBuf};
+
+/// transformers' `torch_dtype` name of a dtype.
+fn torch_dtype(dt: DType) -> &'static str {
+    match dt {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        DType::F64 => "float64",
+        _ => "float32",
+    }
+}
+
+/// Writes `tensors` and `config` as an HF Llama folder (`config.json` with `architectures`,
+/// `model_type`, `hidden_act` and `torch_dtype` filled in, and `model.safetensors`), atomically;
+/// `extra` files (e.g. `tokenizer.json`) are copied in.
+pub fn save_model_folder(
+    dir: &Path,
+    config: &LlamaConfig,
+    tensors: &[(String, Tensor)],
+    extra: &[PathBuf],
+) -> Result<()> {
+    let staging = Staging::new(dir)?;
+    let cfg_path = staging.path().join("config.json");
+    let json_err = |source| AdapterError::Json {
+        path: cfg_path.clone(),
+        source,
+    };
+    let mut json = serde_json::to_value(config).map_err(json_err)?;
+    if let Some(obj) = json.as_object_mut() {
+        obj.insert(
+            "architectures".into(),
+            serde_json::json!(["LlamaForCausalLM"]),
+        );
+        obj.insert("model_type".into(), "llama".into());
+        obj.insert("hidden_act".into(), "silu".into());
+        let dt = tensors.first().map_or(DType::F32, |(_, t)| t.dtype());
+        obj.insert("torch_dtype".into(), torch_dtype(dt).into());
+    }
+    let text = serde_json::to_string_pretty(&json).map_err(json_err)?;
+    std::fs::write(&cfg_path, text).map_err(|e| AdapterError::io("writing", &cfg_path, e))?;
+    write_tensors(
+        &staging.path().join("model.safetensors"),
+        tensors,
+        pt_metadata(),
+    )?;
+    for f in extra {
+        if let Some(name) = f.file_name() {
+            let to = staging.path().join(name);
+            std::fs::copy(f, &to).map_err(|e| AdapterError::io("copying", f, e))?;
+        }
+    }
+    staging.commit(false)
+}

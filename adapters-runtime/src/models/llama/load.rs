@@ -1,0 +1,125 @@
+//! Building a [`Llama`]: from an HF checkpoint folder (`config.json` + `model.safetensors`, or
+//! shards listed in `model.safetensors.index.json`), or randomly initialised.
+
+use super::model::{BaseMode, Llama};
+use crate::adapters::register_vars;
+use crate::error::{AdapterError, Result};
+use crate::hf::llama_config::LlamaConfig;
+use crate::hf::llama_layout::{LlamaLayout, TensorRole};
+use crate::hf::model_files::BaseModel;
+use candle_core::Var;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use std::path::{Path, PathBuf};
+
+/// A loaded model with its configuration and the files it came from.
+pub struct LoadedLlama {
+    /// The model.
+    pub model: Llama,
+    /// Its `config.json`.
+    pub config: LlamaConfig,
+    /// The weights files read.
+    pub files: Vec<PathBuf>,
+    /// The variables, when loaded trainable.
+    pub varmap: Option<VarMap>,
+}
+
+/// The weights files of an HF folder (`model.safetensors`, or the shards of
+/// `model.safetensors.index.json`), their headers checked so a corrupt file is a clear error.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let base = BaseModel::open(dir)?;
+    Ok(base.shards.iter().map(|(name, _)| dir.join(name)).collect())
+}
+
+/// Loads an HF Llama folder with its base weights in `dtype` on `device`. Frozen: the files are
+/// memory-mapped. Trainable: every tensor becomes a variable of the returned [`VarMap`].
+pub fn load_pretrained(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    mode: BaseMode,
+) -> Result<LoadedLlama> {
+    let config = LlamaConfig::from_file(&dir.join("config.json"))?;
+    let files = weight_files(dir)?;
+    let in_dir = |source| AdapterError::InLayer {
+        layer: dir.display().to_string(),
+        source,
+    };
+    let (model, varmap) = match mode {
+        BaseMode::Frozen => {
+            // SAFETY: the files are mapped read-only and not modified while the model is loaded.
+            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
+                .map_err(in_dir)?;
+            (Llama::load(&config, vb, mode).map_err(in_dir)?, None)
+        }
+        BaseMode::Trainable => {
+            let varmap = VarMap::new();
+            for f in &files {
+                let tensors = candle_core::safetensors::load(f, device).map_err(in_dir)?;
+                let vars = tensors
+                    .into_iter()
+                    .map(|(name, t)| Ok((name, Var::from_tensor(&t.to_dtype(dtype)?)?)));
+                register_vars(&varmap, &dir.display().to_string(), vars)?;
+            }
+            let vb = VarBuilder::from_varmap(&varmap, dtype, device);
+            (
+                Llama::load(&config, vb, mode).map_err(in_dir)?,
+                Some(varmap),
+            )
+        }
+    };
+    Ok(LoadedLlama {
+        model,
+        config,
+        files,
+        varmap,
+    })
+}
+
+/// Random base weights under their HF names, as HF initialises a Llama (matrices N(0, 0.02),
+/// norm scales 1, biases 0), drawn from a seeded generator in checkpoint order
+/// ([`LlamaLayout::tensors`]).
+pub fn random_weights(
+    config: &LlamaConfig,
+    dtype: DType,
+    device: &Device,
+    seed: u64,
+) -> Result<Vec<(String, Tensor)>> {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let normal = Normal::new(0.0f32, 0.02).map_err(candle_core::Error::wrap)?;
+    LlamaLayout::new(config)
+        .tensors()
+        .into_iter()
+        .map(|spec| {
+            let n: usize = spec.shape.iter().product();
+            let values: Vec<f32> = match spec.role {
+                TensorRole::NormScale => vec![1.0; n],
+                TensorRole::Bias => vec![0.0; n],
+                TensorRole::Matrix => (0..n).map(|_| normal.sample(&mut rng)).collect(),
+            };
+            let t = Tensor::from_vec(values, spec.shape, device)?.to_dtype(dtype)?;
+            Ok((spec.name, t))
+        })
+        .collect()
+}
+
+/// A randomly initialised, fully trainable model ([`random_weights`]); its variables are in the
+/// returned [`VarMap`].
+pub fn init_random(
+    config: &LlamaConfig,
+    dtype: DType,
+    device: &Device,
+    seed: u64,
+) -> Result<(Llama, VarMap)> {
+    let varmap = VarMap::new();
+    let weights = random_weights(config, dtype, device, seed)?;
+    let vars = weights
+        .into_iter()
+        .map(|(name, t)| Ok((name, Var::from_tensor(&t)?)));
+    register_vars(&varmap, "llama", vars)?;
+    let vb = VarBuilder::from_varmap(&varmap, dtype, device);
+    let model = Llama::load(config, vb, BaseMode::Trainable)?;
+    Ok((model, varmap))
+}
