@@ -9,7 +9,8 @@ use adapters_runtime::train::{
     clip_grad_norm, masked_cross_entropy, prepare, AdamW, AdamWConfig, BatchLoader, BatchSource,
     Example, Grads, LrSchedule, PackMode, PackOptions, Tokenizer,
 };
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use adapters_runtime::io::atomic::Staging;
+use adapters_runtime::io::progress::{progress_bar, Unit};
 use std::path::Path;
 
 /// What the marker file records, so a stale base is rebuilt.
@@ -52,20 +53,16 @@ pub fn embedded_settings() -> Pretrain {
     }
 }
 
-/// Writes the embedded base checkpoint to `dir` (through a sibling folder and a rename).
-pub fn install_embedded(dir: &Path) -> std::io::Result<()> {
-    let staging = dir.with_extension("partial");
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)?;
-    }
-    std::fs::create_dir_all(&staging)?;
+/// Writes the embedded base checkpoint to `dir`, atomically (a staged sibling folder renamed
+/// over it).
+pub fn install_embedded(dir: &Path) -> adapters_runtime::Result<()> {
+    let staging = Staging::new(dir)?;
     for (name, bytes) in EMBEDDED {
-        std::fs::write(staging.join(name), bytes)?;
+        let path = staging.path().join(name);
+        std::fs::write(&path, bytes)
+            .map_err(|e| adapters_runtime::AdapterError::io("writing", &path, e))?;
     }
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
-    }
-    std::fs::rename(&staging, dir)
+    staging.commit(false)
 }
 
 /// Whether `dir` already holds the base this configuration would make.
@@ -118,10 +115,7 @@ pub fn run(dir: &Path, p: &Pretrain, device: &Device) -> Result<f64, Box<dyn std
         },
     )?;
     let schedule = LrSchedule::cosine(p.lr, p.steps / 10, p.steps).with_min_lr(p.lr / 10.0);
-    let bar = ProgressBar::with_draw_target(Some(p.steps), ProgressDrawTarget::stderr());
-    bar.set_style(ProgressStyle::with_template(
-        "pretrain {bar:30} {pos}/{len} loss {msg} [{elapsed}<{eta}]",
-    )?);
+    let bar = progress_bar(true, Unit::Steps, p.steps, 0);
     let mut loss_value = f64::NAN;
     for step in 0..p.steps {
         let batch = loader.next_batch()?;
@@ -134,7 +128,7 @@ pub fn run(dir: &Path, p: &Pretrain, device: &Device) -> Result<f64, Box<dyn std
         let mut grads = Grads::from_store(&params, &loss.backward()?)?;
         clip_grad_norm(&mut grads, 1.0)?;
         opt.step(&grads, schedule.lr_at(step))?;
-        bar.set_message(format!("{loss_value:.3}"));
+        bar.set_message(format!("pretrain loss {loss_value:.3}"));
         bar.inc(1);
     }
     bar.finish();

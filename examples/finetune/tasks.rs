@@ -57,15 +57,16 @@ pub fn shift_task(train: usize, eval: usize, seed: u64) -> (Pairs, Pairs) {
 }
 
 /// Writes pairs as `{"prompt", "completion"}` JSONL (atomically).
-pub fn write_jsonl(path: &std::path::Path, pairs: &[(String, String)]) -> std::io::Result<()> {
+pub fn write_jsonl(
+    path: &std::path::Path,
+    pairs: &[(String, String)],
+) -> adapters_runtime::Result<()> {
     let mut text = String::new();
     for (p, c) in pairs {
         text.push_str(&serde_json::json!({ "prompt": p, "completion": c }).to_string());
         text.push('\n');
     }
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(tmp, path)
+    adapters_runtime::io::atomic::write_file_atomic(path, text.as_bytes())
 }
 
 #[cfg(test)]

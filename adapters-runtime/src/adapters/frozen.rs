@@ -69,6 +69,18 @@ impl FrozenModule for AdaptedEmbedding {
     }
 }
 
+impl FrozenModule for candle_nn::LayerNorm {
+    fn frozen_params(&self) -> usize {
+        self.weight().elem_count() + self.bias().map_or(0, |b| b.elem_count())
+    }
+}
+
+impl FrozenModule for candle_nn::RmsNorm {
+    fn frozen_params(&self) -> usize {
+        self.weight().elem_count()
+    }
+}
+
 impl FrozenModule for Tensor {
     fn frozen_params(&self) -> usize {
         self.elem_count()

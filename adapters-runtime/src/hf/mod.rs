@@ -4,10 +4,9 @@
 
 pub mod llama_config;
 pub mod llama_layout;
-pub mod model_files;
+pub(crate) mod model_files;
 pub mod model_folder;
 
 pub use llama_config::{LlamaConfig, RopeParameters};
 pub use llama_layout::{LlamaLayout, ModuleDims, Projection, TensorRole, TensorSpec};
-pub use model_files::BaseModel;
 pub use model_folder::save_model_folder;

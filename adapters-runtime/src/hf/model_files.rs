@@ -26,8 +26,6 @@ pub struct ShardIndex {
 /// Where a tensor lives.
 #[derive(Clone, Debug)]
 pub struct TensorInfo {
-    /// Index into [`BaseModel::shards`].
-    pub shard: usize,
     /// Its safetensors dtype.
     pub dtype: safetensors::Dtype,
     /// Its shape.
@@ -114,7 +112,7 @@ impl BaseModel {
 
     fn collect_tensors(&mut self) -> Result<()> {
         let mut issues = Vec::new();
-        for (i, (name, file)) in self.shards.iter().enumerate() {
+        for (name, file) in &self.shards {
             for (key, view) in file.tensors()?.iter() {
                 if let Some(index) = &self.index {
                     if index.weight_map.get(key) != Some(name) {
@@ -130,7 +128,6 @@ impl BaseModel {
                     }
                 }
                 let info = TensorInfo {
-                    shard: i,
                     dtype: view.dtype(),
                     shape: view.shape().to_vec(),
                 };
@@ -157,11 +154,6 @@ impl BaseModel {
             context: format!("base model `{}`", self.root.display()),
             issues,
         })
-    }
-
-    /// The path of a weights file.
-    pub fn shard_path(&self, i: usize) -> &Path {
-        self.shards[i].1.path()
     }
 }
 

@@ -1,8 +1,8 @@
-//! File input and output shared by every writer and reader: atomic writes, the one safetensors
-//! reader and writer, progress bars and text tables.
+//! File input and output shared by every writer and reader: atomic writes and progress bars
+//! (public), and the one safetensors reader and writer and text tables (internal).
 
 pub mod atomic;
 pub mod progress;
-pub mod safetensors_file;
-pub mod safetensors_write;
-pub mod table;
+pub(crate) mod safetensors_file;
+pub(crate) mod safetensors_write;
+pub(crate) mod table;

@@ -60,11 +60,6 @@ impl MappedFile {
     pub fn string_metadata(&self) -> Result<Option<HashMap<String, String>>> {
         Ok(self.metadata()?.metadata().clone())
     }
-
-    /// One tensor as a view; a missing name is an error naming the file.
-    pub fn view(&self, name: &str) -> Result<TensorView<'_>> {
-        self.tensors()?.tensor(name).map_err(|e| self.err(e))
-    }
 }
 
 /// Copies a view into a CPU tensor, naming the file and key on failure (e.g. an unsupported dtype).
