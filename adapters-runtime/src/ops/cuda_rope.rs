@@ -50,16 +50,14 @@ fn launch<T: DeviceRepr + WithDType>(
     builder.arg(&cos);
     builder.arg(&sin);
     builder.arg(&dst);
-    match kind {
-        RopeKind::Halves => {
-            candle_core::builder_arg!(builder, (b * h) as u32, (t * d) as u32, d as u32, stride_b)
-        }
-        RopeKind::Interleaved => {
-            candle_core::builder_arg!(builder, (b * h) as u32, (t * d) as u32, stride_b)
-        }
-        RopeKind::Thd => {
-            candle_core::builder_arg!(builder, b as u32, t as u32, h as u32, d as u32, stride_b)
-        }
+    let (b, h, t, d) = (b as u32, h as u32, t as u32, d as u32);
+    let args: Vec<u32> = match kind {
+        RopeKind::Halves => vec![b * h, t * d, d, stride_b],
+        RopeKind::Interleaved => vec![b * h, t * d, stride_b],
+        RopeKind::Thd => vec![b, t, h, d, stride_b],
+    };
+    for arg in &args {
+        builder.arg(arg);
     }
     // SAFETY: ffi.
     unsafe { builder.launch(cfg) }.w()?;
