@@ -1,9 +1,24 @@
 //! Custom tensor operations with hand-written backward passes.
 
+mod activation;
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(feature = "cuda")]
+mod cuda_rope;
 mod dropout;
+mod float;
 mod frozen_matmul;
+mod norm;
+mod norm_bwd;
+mod rope;
 mod row_scale;
+mod softmax;
 
+pub use activation::{silu, SiluOp};
 pub use dropout::dropout_mask;
 pub use frozen_matmul::{frozen_matmul, FrozenMatmul};
+pub use norm::{layer_norm, rms_norm, LayerNormOp, RmsNormOp};
+pub use norm_bwd::{norm_dw, norm_dx, norm_dx_composed, NormBwd};
+pub use rope::{rope_any, RopeKind, RopeOp};
 pub use row_scale::{row_scale, RowScale};
+pub use softmax::{softmax_bwd, softmax_bwd_composed, softmax_last_dim, SoftmaxLastDim};

@@ -2,6 +2,14 @@
 //! `VarBuilder` path, so adapter tensors are named like the checkpoint's weights.
 //!
 //! Swap `use candle_nn::{linear, linear_no_bias, embedding}` for `use adapters_runtime::nn::{…}`.
+//! The norm layers ([`RmsNorm`], [`LayerNorm`]), [`ops`] and [`rotary_emb`] are drop-ins for
+//! candle-nn's fused ops, which record no gradient in candle 0.11: these do.
+
+mod norm;
+pub mod ops;
+pub mod rotary_emb;
+
+pub use norm::{layer_norm, layer_norm_no_bias, rms_norm, LayerNorm, LayerNormConfig, RmsNorm};
 
 use crate::layers::{AdaptedEmbedding, AdaptedLinear};
 use candle_nn::VarBuilder;
