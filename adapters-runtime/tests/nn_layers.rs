@@ -113,13 +113,13 @@ impl Module for NormBlock {
 fn frozen_norm_fields_pass_gradients() {
     let t = |s, shape: &[usize]| rand(s, shape, 1.0, DType::F32);
     let mut block = NormBlock {
-        q: Linear::new(t(1, &[H, H]), None).into(),
+        q: adapters_runtime::AdaptedLinear::from(Linear::new(t(1, &[H, H]), None)).with_path("q"),
         norm: RmsNorm::new(t(2, &[H]), 1e-6),
         ln: LayerNorm::new(t(3, &[H]), t(4, &[H]), 1e-5),
     };
     let varmap = VarMap::new();
     block.attach_adapters(&varmap, 7).unwrap();
-    assert_eq!(block.frozen_params(), H * H + 3 * H);
+    assert_eq!(block.frozen_params().unwrap(), H * H + 3 * H);
     assert_eq!(NormBlock::FROZEN_PARAMS, H * H + 3 * H);
     let x = Var::from_tensor(&t(5, &[2, 3, H])).unwrap();
     let y = block.forward(&x).unwrap();

@@ -3,16 +3,17 @@
 //! are frozen and counted. Dimensions come from `config.json` at run time, so the counts are the
 //! runtime ones (see `examples/finetune` for compile-time constants of a fixed-size model).
 
-use super::norm::RmsNorm;
 use super::rope::Rope;
 use crate::adapter;
 use crate::adapters::FrozenModule;
+use crate::nn::ops::{silu, softmax_last_dim};
+use crate::nn::RmsNorm;
 use crate::candle_nn::{Embedding, Linear};
 use crate::hf::llama_config::LlamaConfig;
 use crate::hf::llama_layout::{self as layout, LlamaLayout};
 use crate::layers::{AdaptedEmbedding, AdaptedLinear};
 use crate::ops::frozen_matmul;
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use std::sync::Arc;
 
@@ -105,7 +106,7 @@ impl Attention {
         let v = repeat_kv(v, rep)?;
         let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
         let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
-        let probs = softmax_last(&scores)?.to_dtype(v.dtype())?;
+        let probs = softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let out =
             probs
                 .matmul(&v)?
@@ -124,13 +125,6 @@ fn repeat_kv(x: Tensor, rep: usize) -> candle_core::Result<Tensor> {
     x.unsqueeze(2)?
         .broadcast_as((b, n, rep, t, d))?
         .reshape((b, n * rep, t, d))
-}
-
-/// Softmax over the last axis from differentiable ops (`softmax_last_dim` records no gradient).
-pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
 /// The SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))`.
@@ -154,7 +148,7 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
+        let gate = silu(&self.gate_proj.forward(x)?)?;
         self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
     }
 }

@@ -1,10 +1,11 @@
-//! Rotary position embeddings, HF's non-interleaved (`rotate_half`) form, built from ops that
-//! record gradients (candle's fused `rope*` kernels record none).
+//! Rotary position embeddings, HF's non-interleaved (`rotate_half`) form: tables with llama3
+//! scaling, applied by [`crate::nn::rotary_emb::rope`] (candle's fused kernel, with a backward).
 
 use crate::hf::llama_config::RopeParameters;
-use candle_core::{DType, Device, Tensor, D};
+use crate::nn::rotary_emb::rope;
+use candle_core::{DType, Device, Tensor};
 
-/// Precomputed `cos` / `sin` tables `[max_positions, head_dim]`.
+/// Precomputed `cos` / `sin` tables `[max_positions, head_dim / 2]`.
 #[derive(Clone, Debug)]
 pub struct Rope {
     cos: Tensor,
@@ -51,13 +52,11 @@ impl Rope {
     ) -> candle_core::Result<Self> {
         let inv = inv_freq(head_dim, p);
         let half = inv.len();
-        let mut angles = Vec::with_capacity(max_positions * head_dim);
+        let mut angles = Vec::with_capacity(max_positions * half);
         for t in 0..max_positions {
-            let row: Vec<f64> = inv.iter().map(|f| t as f64 * f).collect();
-            angles.extend_from_slice(&row);
-            angles.extend_from_slice(&row);
+            angles.extend(inv.iter().map(|f| t as f64 * f));
         }
-        let angles = Tensor::from_vec(angles, (max_positions, 2 * half), device)?;
+        let angles = Tensor::from_vec(angles, (max_positions, half), device)?;
         Ok(Self {
             cos: angles.cos()?.to_dtype(dtype)?,
             sin: angles.sin()?.to_dtype(dtype)?,
@@ -71,18 +70,22 @@ impl Rope {
 
     /// Applies the rotation to `x [batch, heads, seq, head_dim]` at positions `0..seq`.
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, _, seq, d) = x.dims4()?;
-        if seq > self.max_positions() {
+        self.apply_at(x, 0)
+    }
+
+    /// Applies the rotation to `x [batch, heads, seq, head_dim]` at positions
+    /// `offset..offset + seq` (incremental decoding).
+    pub fn apply_at(&self, x: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
+        let (_, _, seq, _) = x.dims4()?;
+        let end = offset.checked_add(seq).unwrap_or(usize::MAX);
+        if end > self.max_positions() {
             candle_core::bail!(
-                "sequence of {seq} tokens exceeds max_position_embeddings = {}",
+                "positions {offset}..{end} exceed max_position_embeddings = {}",
                 self.max_positions()
             )
         }
-        let cos = self.cos.narrow(0, 0, seq)?;
-        let sin = self.sin.narrow(0, 0, seq)?;
-        let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-        let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+        let cos = self.cos.narrow(0, offset, seq)?;
+        let sin = self.sin.narrow(0, offset, seq)?;
+        rope(&x.contiguous()?, &cos, &sin)
     }
 }
