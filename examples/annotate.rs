@@ -195,7 +195,10 @@ pub fn train(steps: usize) -> Result<TrainReport> {
     let mut model = TinyLlama::new(VarBuilder::from_varmap(&weights, DType::F32, &device))?;
     model.attach_adapters(&VarMap::new(), 0)?;
     let vars = model.named_trainable_vars()?;
-    let ids = Tensor::new(&[[1u32, 5, 9, 42, 7, 3, 11, 64, 5, 9, 42, 7, 3, 11]], &device)?;
+    let ids = Tensor::new(
+        &[[1u32, 5, 9, 42, 7, 3, 11, 64, 5, 9, 42, 7, 3, 11]],
+        &device,
+    )?;
     let t = ids.dim(1)?;
     let (input, targets) = (ids.narrow(1, 0, t - 1)?, ids.narrow(1, 1, t - 1)?);
     let mask = targets.ones_like()?.to_dtype(DType::F32)?;
@@ -214,7 +217,9 @@ pub fn train(steps: usize) -> Result<TrainReport> {
         for (name, v) in &vars {
             match store.get(v.as_tensor()) {
                 None => missing.push(name.clone()),
-                Some(g) if g.abs()?.max_all()?.to_scalar::<f32>()? == 0.0 => zero.push(name.clone()),
+                Some(g) if g.abs()?.max_all()?.to_scalar::<f32>()? == 0.0 => {
+                    zero.push(name.clone())
+                }
                 Some(_) => {}
             }
         }

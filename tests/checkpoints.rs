@@ -77,7 +77,8 @@ fn tiny_llama_adapter_loads_on_all_seven_projections() {
 
 /// Every adapter tensor of a model by its saved name.
 fn adapter_tensors<M: Adapters>(m: &M) -> HashMap<String, Tensor> {
-    m.named_trainable_vars().unwrap()
+    m.named_trainable_vars()
+        .unwrap()
         .into_iter()
         .map(|(k, v)| (k, v.as_tensor().clone()))
         .collect()
@@ -236,7 +237,8 @@ fn rank_and_alpha_patterns_round_trip() {
     }
     peft::load_adapter(&mut back, &out, &LoadOptions::default()).unwrap();
     let got: Vec<(usize, f64)> = back
-        .adapter_layers().unwrap()
+        .adapter_layers()
+        .unwrap()
         .iter()
         .map(|l| (l.rank, l.alpha))
         .collect();
@@ -642,7 +644,11 @@ fn bad_files_fail_clearly_and_attach_nothing() {
             err.contains(&dir.path().display().to_string()),
             "{what}: names the file: {err}"
         );
-        assert_eq!(m.adapter_layers().unwrap().len(), 0, "{what}: nothing attached");
+        assert_eq!(
+            m.adapter_layers().unwrap().len(),
+            0,
+            "{what}: nothing attached"
+        );
     }
     let err = peft::load_adapter(
         &mut loaded("lora_r4", DType::F64),

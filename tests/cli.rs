@@ -626,10 +626,7 @@ fn estimate_uses_the_const_formulas() {
         method: Method::Lora,
         ..req.clone()
     };
-    assert_eq!(
-        estimate_training(&cfg, &all).unwrap().adapted_layers,
-        14
-    );
+    assert_eq!(estimate_training(&cfg, &all).unwrap().adapted_layers, 14);
     let tied = LlamaConfig {
         tie_word_embeddings: true,
         ..cfg.clone()

@@ -107,9 +107,14 @@ fn forked_model_with_dropins_reproduces_transformers_and_trains() {
     let varmap = VarMap::new();
     model.attach_adapters(&varmap, 3).unwrap();
     let vars = model.named_trainable_vars().unwrap();
-    assert_eq!(vars.len(), 3 * (1 + 2 * 7), "embedding + 14 projections, A, B and m each");
+    assert_eq!(
+        vars.len(),
+        3 * (1 + 2 * 7),
+        "embedding + 14 projections, A, B and m each"
+    );
     assert!(
-        vars.iter().any(|(n, _)| n == "model.layers.1.self_attn.q_proj.lora_A.weight"),
+        vars.iter()
+            .any(|(n, _)| n == "model.layers.1.self_attn.q_proj.lora_A.weight"),
         "adapters are named like the checkpoint"
     );
     let params = vars.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
@@ -129,10 +134,7 @@ fn forked_model_with_dropins_reproduces_transformers_and_trains() {
         let g = adapters_runtime::train::Grads::from_store(&vars, &grads).unwrap();
         opt.step(&g, 1e-2).unwrap();
     }
-    assert!(
-        losses[5] < losses[0] - 0.05,
-        "the loss falls: {losses:?}"
-    );
+    assert!(losses[5] < losses[0] - 0.05, "the loss falls: {losses:?}");
 }
 
 #[test]
@@ -157,9 +159,20 @@ fn forked_model_with_candle_ops_is_rejected_with_the_modules_named() {
     let AdapterError::MissingGradients { missing, total, .. } = &err else {
         panic!("{err}")
     };
-    assert_eq!((*missing, *total), (45, 45), "the final fused norm cuts every path: {err}");
+    assert_eq!(
+        (*missing, *total),
+        (45, 45),
+        "the final fused norm cuts every path: {err}"
+    );
     let text = err.to_string();
-    for part in ["q_proj", "k_proj", "gate_proj", "embed_tokens", "in 2 of 2 layers", "rms_norm"] {
+    for part in [
+        "q_proj",
+        "k_proj",
+        "gate_proj",
+        "embed_tokens",
+        "in 2 of 2 layers",
+        "rms_norm",
+    ] {
         assert!(text.contains(part), "`{part}` missing from: {text}");
     }
 

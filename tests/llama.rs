@@ -42,7 +42,11 @@ fn reproduces_transformers_and_peft_logits() {
 
     let report = load_adapter(&mut m, dir.join("adapter"), &LoadOptions::default()).unwrap();
     let _ = report;
-    assert_eq!(m.adapter_layers().unwrap().len(), 14, "7 projections × 2 layers");
+    assert_eq!(
+        m.adapter_layers().unwrap().len(),
+        14,
+        "7 projections × 2 layers"
+    );
     assert_close(
         "logits_adapted",
         &m.forward(&ids()).unwrap(),

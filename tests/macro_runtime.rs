@@ -1,5 +1,8 @@
 //! The `#[adapter]` constants equal what the runtime counts after attaching adapters to a small
-//! model built from random tensors; paths, per-field configs and declared sizes are checked too.
+//! model built from random tensors; paths, per-field configs and declared sizes are checked too,
+//! as are clones and `#[frozen(params = N)]` fields of foreign types.
+
+use std::collections::HashMap;
 
 use adapters_runtime::candle_core::{DType, Device, Tensor};
 use adapters_runtime::candle_nn::{Embedding, Linear, VarMap};
@@ -11,6 +14,7 @@ const V: usize = 50;
 
 /// A DoRA block: a per-field rank override, a biased layer, a frozen layer and a plain field.
 #[adapter(dora, rank = 4, alpha = 8.0)]
+#[derive(Clone)]
 pub struct Block {
     #[adapt(in = D, out = D)]
     q: Linear,
@@ -23,6 +27,7 @@ pub struct Block {
 
 /// A LoRA model holding blocks in a `Vec` (with `count`), in an array, and one by value.
 #[adapter(lora, rank = 8, alpha = 16.0, dtype = "f32")]
+#[derive(Clone)]
 pub struct Tiny {
     #[adapt(in = V, out = D)]
     embed: Embedding,
@@ -75,7 +80,12 @@ fn constants_equal_runtime_counts() {
     assert_eq!(model.frozen_params().unwrap(), Tiny::FROZEN_PARAMS);
     let in_varmap: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
     assert_eq!(in_varmap, Tiny::TRAINABLE_PARAMS);
-    let vars: usize = model.trainable_vars().unwrap().iter().map(|v| v.elem_count()).sum();
+    let vars: usize = model
+        .trainable_vars()
+        .unwrap()
+        .iter()
+        .map(|v| v.elem_count())
+        .sum();
     assert_eq!(vars, Tiny::TRAINABLE_PARAMS);
     // By hand: q 4·32 + 16 = 144, up 2·40 + 24 = 104 → 248 per block; 6 blocks; embed 8·66.
     assert_eq!(Block::TRAINABLE_PARAMS, 248);
@@ -113,7 +123,8 @@ fn paths_and_configs_follow_the_declaration() {
         (Method::Dora, 2, 3.0, D, F)
     );
     let names: Vec<String> = model
-        .named_trainable_vars().unwrap()
+        .named_trainable_vars()
+        .unwrap()
         .into_iter()
         .map(|(n, _)| n)
         .collect();
@@ -171,4 +182,94 @@ fn declared_params_are_checked() {
         matches!(&err, AdapterError::ParamCountMismatch { path, expected: 800, actual: 816 } if path == "head"),
         "{err}"
     );
+}
+
+/// A container without adapter configuration: a foreign type counted by `params`, a
+/// `FrozenModule` counted by `params` (checked against the weights), and a nested block.
+#[adapter]
+pub struct Counted {
+    #[frozen(params = 7)]
+    table: HashMap<String, f32>,
+    #[frozen(params = V * D)]
+    head: Linear,
+    #[nested]
+    block: Block,
+}
+
+fn counted() -> Counted {
+    Counted {
+        table: HashMap::new(),
+        head: linear(D, V, false),
+        block: block(),
+    }
+}
+
+fn var_sum(v: &adapters_runtime::candle_core::Var) -> f32 {
+    v.as_tensor().sum_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn a_clone_shares_the_adapter_vars() {
+    let mut model = tiny(3);
+    model.name_layers_by_field().unwrap();
+    model.attach_adapters(&VarMap::new(), 5).unwrap();
+    let copy = model.clone();
+    let name = "layers.1.up.lora_B.weight";
+    let find = |m: &Tiny| {
+        m.named_trainable_vars()
+            .unwrap()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .unwrap()
+    };
+    let (var, seen) = (find(&model), find(&copy));
+    assert_eq!(var_sum(&seen), 0.0); // `lora_B` starts at zero
+    var.set(&var.ones_like().unwrap()).unwrap();
+    assert_eq!(var_sum(&seen), var.elem_count() as f32);
+    // And the other way round, on every tensor of the clone.
+    for (_, v) in copy.named_trainable_vars().unwrap() {
+        v.set(&v.zeros_like().unwrap()).unwrap();
+    }
+    assert!(model
+        .named_trainable_vars()
+        .unwrap()
+        .iter()
+        .all(|(_, v)| var_sum(v) == 0.0));
+    assert_eq!(copy.trainable_params().unwrap(), Tiny::TRAINABLE_PARAMS);
+}
+
+#[test]
+fn frozen_params_counts_fields_of_any_type() {
+    let mut model = counted();
+    assert_eq!(Counted::FROZEN_PARAMS, 7 + V * D + Block::FROZEN_PARAMS);
+    assert_eq!(model.frozen_params().unwrap(), Counted::FROZEN_PARAMS);
+    model.name_layers_by_field().unwrap();
+    model.attach_adapters(&VarMap::new(), 0).unwrap();
+    assert_eq!(model.trainable_params().unwrap(), Counted::TRAINABLE_PARAMS);
+    assert_eq!(model.frozen_params().unwrap(), Counted::FROZEN_PARAMS);
+    // `params` on a `FrozenModule` is still checked against the loaded weights.
+    let mut model = counted();
+    model.head = linear(D, V + 1, false);
+    let err = model.attach_adapters(&VarMap::new(), 0).unwrap_err();
+    assert!(
+        matches!(&err, AdapterError::ParamCountMismatch { path, expected: 800, actual: 816 } if path == "head"),
+        "{err}"
+    );
+}
+
+#[test]
+fn counted_fields_are_listed_as_frozen() {
+    /// Nothing to adapt: attaching lists what was visited.
+    #[adapter]
+    pub struct OnlyCounted {
+        #[frozen(params = 7)]
+        table: HashMap<String, f32>,
+    }
+    let mut model = OnlyCounted {
+        table: HashMap::new(),
+    };
+    assert_eq!(model.frozen_params().unwrap(), 7);
+    let err = model.attach_adapters(&VarMap::new(), 0).unwrap_err();
+    assert!(err.to_string().contains("table (#[frozen])"), "{err}");
 }

@@ -4,10 +4,10 @@
 
 mod train_support;
 
+use adapters_runtime::train::metrics::read_metrics;
 use adapters_runtime::train::train_state::{
     dropout_steps, list_checkpoints, ADAPTER_DIR, OPTIMIZER_FILE, STATE_FILE, TRAINABLE_FILE,
 };
-use adapters_runtime::train::metrics::read_metrics;
 use adapters_runtime::train::{
     evaluate, prepare, BatchLoader, Example, LrSchedule, PackMode, PackOptions, Tokenizer,
     TrainConfig, TrainSummary, Trainer,
@@ -82,7 +82,8 @@ fn run(
                 std::fs::create_dir_all(d).unwrap();
                 std::fs::write(
                     d.join("names.txt"),
-                    m.named_trainable_vars().unwrap()
+                    m.named_trainable_vars()
+                        .unwrap()
                         .iter()
                         .map(|(n, _)| n.clone())
                         .collect::<Vec<_>>()

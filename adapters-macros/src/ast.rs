@@ -62,13 +62,9 @@ pub enum Shape<'a> {
 }
 
 impl<'a> Input<'a> {
-    /// Builds the model, recording errors for items that are not structs with named fields.
-    pub fn from_syn(
-        item: &'a Item,
-        args: proc_macro2::TokenStream,
-        cx: &Ctxt,
-    ) -> Option<Input<'a>> {
-        let attr = attr::container(args, cx);
+    /// Builds the model from the item and its parsed `#[adapter(...)]`, recording errors for
+    /// items that are not structs with named fields.
+    pub fn from_syn(item: &'a Item, attr: ContainerAttr, cx: &Ctxt) -> Option<Input<'a>> {
         let item = match item {
             Item::Struct(s) => s,
             Item::Enum(e) => {

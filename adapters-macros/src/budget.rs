@@ -14,19 +14,25 @@ use crate::attr::{Limit, Spanned};
 use crate::expand::respan;
 
 /// One `const _: () = { ... };` per budget of the struct.
-pub fn budgets(input: &Input) -> TokenStream {
+pub fn budgets(input: &Input, p: &TokenStream) -> TokenStream {
     let a = &input.attr;
     let mut out = TokenStream::new();
     if let Some(b) = &a.max_trainable_params {
-        out.extend(check(input, b, 0, false));
+        out.extend(check(input, p, b, 0, false));
     }
     if let Some(b) = &a.max_vram {
-        out.extend(check(input, b, 5, true));
+        out.extend(check(input, p, b, 5, true));
     }
     out
 }
 
-fn check(input: &Input, budget: &Spanned<Limit>, index: usize, bytes: bool) -> TokenStream {
+fn check(
+    input: &Input,
+    p: &TokenStream,
+    budget: &Spanned<Limit>,
+    index: usize,
+    bytes: bool,
+) -> TokenStream {
     let name = &input.item.ident;
     let lifetimes = input.item.generics.params.iter().filter_map(|p| match p {
         GenericParam::Lifetime(_) => Some(quote!('static)),
@@ -57,14 +63,14 @@ fn check(input: &Input, budget: &Spanned<Limit>, index: usize, bytes: bool) -> T
     let unknown = format!("cannot check `{key}` for `{name}`: ");
     let panic = spanned_panic(budget.key.span(), budget.end);
     let writer = writer();
-    // Reads `__ADAPTER_SIZES` rather than the public constant, so that sizes unknown in a nested
+    // Reads `AdapterStruct::SIZES` rather than the public constant, so that sizes unknown in a nested
     // struct are also reported here, at the budget.
     quote! {
         const _: () = {
             use ::core::primitive::{str, u8, u128, usize};
             #writer
             const __LIMIT: usize = #limit;
-            let __m = match <#ty>::__ADAPTER_SIZES {
+            let __m = match <#ty as #p::AdapterStruct>::SIZES {
                 ::core::result::Result::Ok(__sizes) => {
                     let __value: usize = __sizes[#index];
                     if __value > __LIMIT {

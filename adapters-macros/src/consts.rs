@@ -8,6 +8,7 @@ use syn::Ident;
 
 use crate::ast::{Input, Layer, Shape};
 use crate::attr::{DType, Method, Role};
+use crate::expand::respan;
 use crate::valid::unknown_reason;
 
 /// Per-field terms of the sums behind the constants, plus the `let` bindings they read (each
@@ -16,7 +17,7 @@ use crate::valid::unknown_reason;
 struct Terms {
     /// `let __fN_in: usize = (expr);` for every user expression.
     lets: Vec<TokenStream>,
-    /// Per nested field: the binding of its sizes and the read of `<T>::__ADAPTER_SIZES`.
+    /// Per nested field: the binding of its sizes and the read of `<T as AdapterStruct>::SIZES`.
     nested: Vec<(Ident, TokenStream)>,
     /// Trainable adapter parameters (nested included).
     trainable: Vec<TokenStream>,
@@ -35,20 +36,30 @@ fn sum(e: &TokenStream, terms: &[TokenStream]) -> TokenStream {
     quote!(#e::sum(&[#(#terms),*]))
 }
 
+/// The public constants, in the order of `AdapterStruct::SIZES`.
+const NAMES: [&str; 6] = [
+    "TRAINABLE_PARAMS",
+    "FROZEN_PARAMS",
+    "ADAPTER_BYTES",
+    "BASE_BYTES",
+    "ACTIVATION_BYTES_PER_TOKEN",
+    "VRAM_BYTES",
+];
+
 /// A local of the generated code, invisible to the user's expressions (mixed-site hygiene).
 fn local(name: &str) -> Ident {
     Ident::new(name, Span::mixed_site())
 }
 
-/// The inherent impl holding the constants.
+/// The inherent impl holding the constants, and the `AdapterStruct` impl holding their values.
 ///
-/// All six numbers are computed once, into the hidden
-/// `__ADAPTER_SIZES: Result<[usize; 6], &'static str>`: `Err` (with a message naming the field)
-/// when some size is unknown at compile time, here or in a nested struct. Outer structs read
-/// their nested types' `__ADAPTER_SIZES`, and the public constants unwrap it, panicking with the
-/// message. rustc evaluates every constant a body *references*, even in unused code, but not
-/// unreferenced constants: so `__ADAPTER_SIZES` itself never fails, and an unknown size only
-/// becomes an error where a public constant is actually used.
+/// All six numbers are computed once, into `AdapterStruct::SIZES:
+/// Result<[usize; 6], &'static str>`: `Err` (with a message naming the field) when some size is
+/// unknown at compile time (here or in a nested struct) or overflows `usize`. Outer structs read
+/// their nested types' `SIZES`, and the public constants unwrap it, panicking with the message.
+/// rustc evaluates every constant a body *references*, even in unused code, but not
+/// unreferenced constants: so `SIZES` itself never fails, and an unknown size only becomes an
+/// error where a public constant is actually used.
 pub fn constants(input: &Input, p: &TokenStream) -> TokenStream {
     let name = &input.item.ident;
     let (impl_g, ty_g, where_c) = input.item.generics.split_for_impl();
@@ -72,25 +83,17 @@ pub fn constants(input: &Input, p: &TokenStream) -> TokenStream {
         None => (known_sizes(input, p), Span::call_site()),
     };
     let (s, e) = (local("__s"), local("__e"));
-    let names = [
-        "TRAINABLE_PARAMS",
-        "FROZEN_PARAMS",
-        "ADAPTER_BYTES",
-        "BASE_BYTES",
-        "ACTIVATION_BYTES_PER_TOKEN",
-        "VRAM_BYTES",
-    ];
     let publics = docs
         .all()
         .into_iter()
-        .zip(names)
+        .zip(NAMES)
         .enumerate()
         .map(|(i, (doc, c))| {
             let c = Ident::new(c, Span::call_site());
             let fail = quote_spanned!(panic_span=> ::core::panic!("{}", #e));
             quote! {
                 #doc
-                pub const #c: #usize = match Self::__ADAPTER_SIZES {
+                pub const #c: #usize = match <Self as #p::AdapterStruct>::SIZES {
                     ::core::result::Result::Ok(#s) => #s[#i],
                     ::core::result::Result::Err(#e) => #fail,
                 };
@@ -100,10 +103,12 @@ pub fn constants(input: &Input, p: &TokenStream) -> TokenStream {
         #[automatically_derived]
         impl #impl_g #name #ty_g #where_c {
             #(#publics)*
-            /// `[TRAINABLE_PARAMS, FROZEN_PARAMS, ADAPTER_BYTES, BASE_BYTES,
-            /// ACTIVATION_BYTES_PER_TOKEN, VRAM_BYTES]`, or why they are unknown at compile time.
-            #[doc(hidden)]
-            pub const __ADAPTER_SIZES: ::core::result::Result<
+        }
+
+        #[automatically_derived]
+        #[diagnostic::do_not_recommend]
+        impl #impl_g #p::AdapterStruct for #name #ty_g #where_c {
+            const SIZES: ::core::result::Result<
                 [#usize; 6],
                 &'static ::core::primitive::str,
             > = #sizes;
@@ -111,7 +116,40 @@ pub fn constants(input: &Input, p: &TokenStream) -> TokenStream {
     }
 }
 
-/// The `__ADAPTER_SIZES` expression when this struct's own sizes are all known: `Ok` with the
+/// Placeholder constants and `AdapterStruct` impl for a struct whose `#[adapter]` has an error:
+/// every constant is 0, so that its uses (and the structs nesting it) compile and the attribute
+/// error stays the only one.
+pub fn placeholders(name: &Ident, generics: &syn::Generics, p: &TokenStream) -> TokenStream {
+    let (impl_g, ty_g, where_c) = generics.split_for_impl();
+    let usize = quote!(::core::primitive::usize);
+    let publics = NAMES.iter().map(|c| {
+        let c = Ident::new(c, Span::call_site());
+        let doc = format!(
+            "Placeholder (0): `#[adapter]` on `{name}` has an error, so its sizes are not computed; `{c}` gets its value once the error is fixed."
+        );
+        quote! {
+            #[doc = #doc]
+            pub const #c: #usize = 0;
+        }
+    });
+    quote! {
+        #[automatically_derived]
+        impl #impl_g #name #ty_g #where_c {
+            #(#publics)*
+        }
+
+        #[automatically_derived]
+        #[diagnostic::do_not_recommend]
+        impl #impl_g #p::AdapterStruct for #name #ty_g #where_c {
+            const SIZES: ::core::result::Result<
+                [#usize; 6],
+                &'static ::core::primitive::str,
+            > = ::core::result::Result::Ok([0; 6]);
+        }
+    }
+}
+
+/// The `SIZES` expression when this struct's own sizes are all known: `Ok` with the
 /// six numbers, or the first nested type's `Err`.
 fn known_sizes(input: &Input, p: &TokenStream) -> TokenStream {
     let usize = quote!(::core::primitive::usize);
@@ -257,9 +295,12 @@ fn terms(input: &Input, p: &TokenStream) -> Terms {
                     },
                     None => continue,
                 };
+                // Spanned (and named) like the nested visit in `expand.rs`, so that a type that
+                // is not annotated gives one error, not one here and one there.
                 let span = elem.span();
+                let ps = respan(p.clone(), span);
                 let sizes = local(&format!("__f{n}_sizes"));
-                let read = quote_spanned!(span=> <#elem>::__ADAPTER_SIZES);
+                let read = quote_spanned!(span=> <#elem as #ps::AdapterStruct>::SIZES);
                 t.nested.push((sizes.clone(), read));
                 let some = quote!(::core::option::Option::Some);
                 for (terms, i) in [

@@ -1,6 +1,7 @@
 //! Code generation: the struct with adapted field types, its constants, its `AdapterModel` impl
-//! and its budget checks. On any error the original item comes back (helper attributes removed)
-//! next to the `compile_error!`s, so one mistake does not cascade into unrelated errors.
+//! and its budget checks. On any error the item comes back (helper attributes removed, `#[adapt]`
+//! types adapted) next to the `compile_error!`s, with placeholder constants and impls, so one
+//! mistake does not cascade into unrelated errors where the struct is used.
 
 use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{quote, quote_spanned, ToTokens};
@@ -22,38 +23,71 @@ pub fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         }
     };
     let cx = Ctxt::new();
-    let parsed = Input::from_syn(&item, args, &cx);
-    if let Some(p) = &parsed {
-        valid::validate(p, &cx);
+    let attr = crate::attr::container(args, &cx);
+    let p = private(attr.krate.as_ref().map(|k| &k.value));
+    let parsed = Input::from_syn(&item, attr, &cx);
+    if let Some(input) = &parsed {
+        valid::validate(input, &cx);
     }
     match parsed {
-        Some(p) if !cx.has_errors() => generate(&p),
-        _ => {
-            let mut item = item.clone();
-            strip_helpers(&mut item);
+        Some(input) if !cx.has_errors() => generate(&input),
+        parsed => {
             let errors = cx.into_compile_errors();
-            quote!(#item #errors)
+            let fallback = fallback(&item, parsed.as_ref(), &p);
+            quote!(#fallback #errors)
         }
     }
 }
 
 /// `::adapters_runtime::__private`, or `<crate = path>::__private`.
-pub fn private(input: &Input) -> TokenStream {
-    match &input.attr.krate {
-        Some(k) => {
-            let k = &k.value;
-            quote!(#k::__private)
-        }
+fn private(krate: Option<&syn::Path>) -> TokenStream {
+    match krate {
+        Some(k) => quote!(#k::__private),
         None => quote!(::adapters_runtime::__private),
     }
 }
 
+/// The runtime path of `input` (see [`private`]).
+pub fn private_of(input: &Input) -> TokenStream {
+    private(input.attr.krate.as_ref().map(|k| &k.value))
+}
+
+/// What an erroneous `#[adapter]` expands to besides its errors: the item (helper attributes
+/// removed; `#[adapt]` fields of a recognised layer type adapted, as uses of the struct expect),
+/// and for a struct, enum or union, placeholder constants and `AdapterModel` / `AdapterStruct`
+/// impls, so that code using them reports nothing more.
+fn fallback(item: &Item, parsed: Option<&Input>, p: &TokenStream) -> TokenStream {
+    let (tokens, originals) = match parsed {
+        Some(input) => (rewrite(input, p), original_types(input)),
+        None => {
+            let mut item = item.clone();
+            strip_helpers(&mut item);
+            (item.into_token_stream(), TokenStream::new())
+        }
+    };
+    let (name, generics) = match parsed {
+        Some(input) => (&input.item.ident, &input.item.generics),
+        None => match item_name(item) {
+            Some(x) => x,
+            None => return tokens,
+        },
+    };
+    let consts = consts::placeholders(name, generics, p);
+    let model = empty_model(name, generics, p);
+    quote! {
+        #tokens
+        #originals
+        #consts
+        #model
+    }
+}
+
 fn generate(input: &Input) -> TokenStream {
-    let p = private(input);
+    let p = private_of(input);
     let item = rewrite(input, &p);
     let consts = consts::constants(input, &p);
     let model = adapter_model(input, &p);
-    let budgets = budget::budgets(input);
+    let budgets = budget::budgets(input, &p);
     let originals = original_types(input);
     quote! {
         #item
@@ -102,8 +136,43 @@ fn strip_helpers(item: &mut Item) {
     }
 }
 
-/// The struct with helper attributes removed and `#[adapt]` field types replaced by the
-/// runtime's adapted layers.
+/// The name and generics of a struct, enum or union.
+fn item_name(item: &Item) -> Option<(&Ident, &syn::Generics)> {
+    match item {
+        Item::Struct(s) => Some((&s.ident, &s.generics)),
+        Item::Enum(e) => Some((&e.ident, &e.generics)),
+        Item::Union(u) => Some((&u.ident, &u.generics)),
+        _ => None,
+    }
+}
+
+/// An `AdapterModel` impl that visits nothing, for the fallback of an erroneous `#[adapter]`.
+fn empty_model(name: &Ident, generics: &syn::Generics, p: &TokenStream) -> TokenStream {
+    let (impl_g, ty_g, where_c) = generics.split_for_impl();
+    quote! {
+        #[automatically_derived]
+        impl #impl_g #p::AdapterModel for #name #ty_g #where_c {
+            fn visit_layers(
+                &self,
+                _: &::core::primitive::str,
+                _: &mut #p::Visitor<'_>,
+            ) -> #p::Result<()> {
+                ::core::result::Result::Ok(())
+            }
+
+            fn visit_layers_mut(
+                &mut self,
+                _: &::core::primitive::str,
+                _: &mut #p::VisitorMut<'_>,
+            ) -> #p::Result<()> {
+                ::core::result::Result::Ok(())
+            }
+        }
+    }
+}
+
+/// The struct with helper attributes removed and `#[adapt]` field types (`Linear`, `Embedding`)
+/// replaced by the runtime's adapted layers.
 fn rewrite(input: &Input, p: &TokenStream) -> TokenStream {
     let mut item = Item::Struct(input.item.clone());
     strip_helpers(&mut item);
@@ -115,7 +184,9 @@ fn rewrite(input: &Input, p: &TokenStream) -> TokenStream {
             let span = f.ty.span();
             let wrapper = match role.layer {
                 Some(Layer::Embedding) => quote_spanned!(span=> #p::AdaptedEmbedding),
-                _ => quote_spanned!(span=> #p::AdaptedLinear),
+                Some(Layer::Linear) => quote_spanned!(span=> #p::AdaptedLinear),
+                // An error was reported: the type stays as written.
+                Some(Layer::Other) | None => continue,
             };
             f.ty = Type::Verbatim(wrapper);
         }
@@ -223,10 +294,10 @@ fn visit_field(
     let f = Ident::new("__f", Span::mixed_site());
     let path = Ident::new("__path", Span::mixed_site());
     let span = field.ty.span();
-    let (r, visit, layer_enum) = if mutable {
-        (quote!(&mut), quote!(visit_layers_mut), quote!(LayerMut))
+    let (r, layer_enum) = if mutable {
+        (quote!(&mut), quote!(LayerMut))
     } else {
-        (quote!(&), quote!(visit_layers), quote!(LayerRef))
+        (quote!(&), quote!(LayerRef))
     };
     let head = quote!(let #path = #p::join_path(#prefix, #name););
     let args = &role.args;
@@ -255,6 +326,23 @@ fn visit_field(
                 #f(#info, #p::#layer_enum::#variant { layer: #r self.#ident, config: #config })?;
             }}
         }
+        Role::Frozen if args.params.is_some() => {
+            // Any type: `LayerRef::Frozen` when it implements `FrozenModule` (its count is then
+            // checked against `N`), else `LayerRef::Counted` (autoref-based dispatch).
+            let n = Ident::new(&format!("__f_{name}_params"), Span::mixed_site());
+            let params = args.params.as_ref().map(|x| &x.value);
+            let method = if mutable {
+                quote!(layer_mut)
+            } else {
+                quote!(layer_ref)
+            };
+            quote! {{
+                use #p::{CountedKind as _, FrozenKind as _};
+                #head
+                let #n: ::core::primitive::usize = (#params);
+                #f(#info, (&#p::CountedField(&self.#ident, #n)).#method())?;
+            }}
+        }
         Role::Frozen => {
             let module = quote_spanned!(span=> &self.#ident);
             quote! {{
@@ -263,12 +351,24 @@ fn visit_field(
             }}
         }
         Role::Nested => {
-            // Spanned at the field type, so "`T: AdapterModel` is not satisfied" points there.
-            let ps = respan(p.clone(), span);
-            let call = |target: TokenStream, path: &Ident| quote_spanned!(span=> #ps::AdapterModel::#visit(#target, &#path, &mut *#f));
+            // Named through `AdapterStruct` at the element type, like the read of its sizes in
+            // `consts.rs`: a type that is not annotated is then one error, there.
+            let (nested, elem) = (
+                if mutable {
+                    quote!(visit_nested_mut)
+                } else {
+                    quote!(visit_nested)
+                },
+                match role.shape.as_ref()? {
+                    Shape::Single(t) | Shape::Vec(t) | Shape::Array(t, _) => *t,
+                },
+            );
+            let es = elem.span();
+            let ps = respan(p.clone(), es);
+            let call = |target: TokenStream, path: &Ident| quote_spanned!(es=> <#elem as #ps::AdapterStruct>::#nested(#target, &#path, &mut *#f));
             match role.shape.as_ref()? {
                 Shape::Single(_) => {
-                    let call = call(respan(quote!(#r self.#ident), span), &path);
+                    let call = call(respan(quote!(#r self.#ident), es), &path);
                     quote! {{
                         #head
                         #call?;

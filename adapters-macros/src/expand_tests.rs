@@ -49,7 +49,8 @@ fn paths_are_absolute_and_impls_marked() {
         out.contains(":: adapters_runtime :: __private :: AdapterModel"),
         "{out}"
     );
-    assert_eq!(out.matches("automatically_derived").count(), 2, "{out}");
+    // The constants, `AdapterStruct` and `AdapterModel`.
+    assert_eq!(out.matches("automatically_derived").count(), 3, "{out}");
     // Every mention of a std name is fully qualified.
     for (name, qualified) in [
         ("Result ::", ":: core :: result :: Result ::"),
@@ -69,17 +70,88 @@ fn paths_are_absolute_and_impls_marked() {
 }
 
 #[test]
-fn errors_return_the_item_without_helper_attributes() {
-    let out = expand(quote!(lora, rank = 0, alpha = 1.0), model()).to_string();
-    assert!(out.contains("compile_error"), "{out}");
+fn errors_return_the_item_and_placeholders() {
+    let out = expand(
+        quote!(lora, rank = 0, alpha = 1.0, max_vram = "1 GiB"),
+        model(),
+    )
+    .to_string();
+    assert_eq!(out.matches("compile_error").count(), 1, "{out}");
     assert!(out.contains("pub struct M"), "{out}");
-    assert!(out.contains("q : Linear"), "{out}");
+    // Adapted as in a successful expansion, so that uses of the field still type-check.
+    assert!(
+        out.contains("q : :: adapters_runtime :: __private :: AdaptedLinear"),
+        "{out}"
+    );
     for helper in ["# [adapt", "# [frozen", "# [nested"] {
         assert!(!out.contains(helper), "{helper} left in {out}");
     }
+    // Placeholder constants and impls, but no computed sizes, visits or budget checks.
     assert!(
-        !out.contains("__private"),
-        "generated code emitted despite errors: {out}"
+        out.contains("pub const TRAINABLE_PARAMS : :: core :: primitive :: usize = 0 ;"),
+        "{out}"
+    );
+    assert!(out.contains("AdapterStruct for M"), "{out}");
+    assert!(out.contains("AdapterModel for M"), "{out}");
+    for absent in ["estimate", "join_path", "__LIMIT"] {
+        assert!(
+            !out.contains(absent),
+            "`{absent}` emitted despite errors: {out}"
+        );
+    }
+}
+
+#[test]
+fn errors_on_other_items_keep_them() {
+    let out = expand(
+        quote!(lora, rank = 2, alpha = 1.0),
+        quote!(
+            enum E {
+                A,
+            }
+        ),
+    )
+    .to_string();
+    assert!(out.contains("enum E"), "{out}");
+    assert!(out.contains("pub const VRAM_BYTES"), "{out}");
+    let out = expand(
+        quote!(lora, rank = 2, alpha = 1.0),
+        quote!(
+            fn f() {}
+        ),
+    )
+    .to_string();
+    assert!(out.contains("fn f"), "{out}");
+    assert!(!out.contains("__private"), "{out}");
+}
+
+#[test]
+fn adapter_configuration_is_only_needed_by_adapt_fields() {
+    let nests = quote!(
+        struct M {
+            #[nested]
+            b: B,
+            #[frozen(params = 3)]
+            t: HashMap<String, f32>,
+        }
+    );
+    let out = expand(quote!(), nests.clone()).to_string();
+    assert!(!out.contains("compile_error"), "{out}");
+    let out = expand(quote!(dtype = "f32", max_vram = "1 GiB"), nests).to_string();
+    assert!(!out.contains("compile_error"), "{out}");
+    let out = expand(
+        quote!(),
+        quote!(
+            struct M {
+                #[adapt(in = 2, out = 2, rank = 1)]
+                q: Linear,
+            }
+        ),
+    )
+    .to_string();
+    assert!(
+        out.contains("missing a method (`lora` or `dora`) and `alpha`"),
+        "{out}"
     );
 }
 

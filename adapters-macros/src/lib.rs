@@ -48,7 +48,9 @@ use proc_macro::TokenStream;
 /// ```
 ///
 /// # Container arguments
-/// - `lora` or `dora` (required), `rank = N` (required, ≥ 1), `alpha = X` (required, > 0);
+/// - `lora` or `dora`, `rank = N` (≥ 1), `alpha = X` (> 0): required when the struct has an
+///   `#[adapt]` field (`rank` / `alpha` not when every `#[adapt]` field sets its own); a struct
+///   that only nests others or counts frozen layers may be annotated `#[adapter]` alone;
 /// - `dropout = P` in `[0, 1)`, `rslora` / `rslora = bool`, `init = "kaiming" | "gaussian"`;
 /// - `dtype = "bf16" | "f32" | "f16"`: the base weights' dtype in the estimates (default bf16);
 /// - `max_trainable_params = N`, `max_vram = "24 GiB" | "512 MiB" | N`: budgets checked at
@@ -61,6 +63,9 @@ use proc_macro::TokenStream;
 ///   runtime's `AdaptedLinear` / `AdaptedEmbedding`. `#[adapt]` without sizes is allowed; the
 ///   struct then only has run-time counts.
 /// - `#[frozen(in = .., out = .., bias = ..)]` or `#[frozen(params = N)]`: counted, not adapted.
+///   `in`/`out` and a bare `#[frozen]` need a type implementing `FrozenModule` (candle's `Linear`
+///   and `Embedding`, `Tensor`, ...); `params = N` takes a field of any type, even one from
+///   another crate (checked against `N` at attach time when it is a `FrozenModule`).
 /// - `#[nested]` / `#[nested(count = N)]` on `T`, `[T; N]` or `Vec<T>` of another `#[adapter]`
 ///   struct, which keeps its own method, rank, alpha and dtype.
 ///
@@ -68,7 +73,15 @@ use proc_macro::TokenStream;
 /// The inherent constants `TRAINABLE_PARAMS`, `FROZEN_PARAMS`, `ADAPTER_BYTES`, `BASE_BYTES`,
 /// `ACTIVATION_BYTES_PER_TOKEN` and `VRAM_BYTES` (all `usize`, computed by the `const fn`s of
 /// `adapters_runtime::estimate`), an `AdapterModel` impl that visits the layers, and one
-/// `const` check per budget.
+/// `const` check per budget. After an error in the attribute, the struct keeps these items as
+/// placeholders (every constant 0), so the error is the only one reported.
+///
+/// # Deriving
+/// Other attributes stay on the struct: `#[derive(Clone, Debug)]` works above or below
+/// `#[adapter]` (the adapted layers are `Clone` and `Debug`). A clone shares its adapters'
+/// `Var`s, as a clone of candle's `Linear` shares its tensors: training either trains both, and
+/// `Var::set` on one shows in the other. To train an independent copy, attach fresh adapters to a
+/// model built anew.
 #[proc_macro_attribute]
 pub fn adapter(args: TokenStream, input: TokenStream) -> TokenStream {
     let (args, input) = (

@@ -19,18 +19,41 @@ pub fn validate(input: &Input, cx: &Ctxt) {
     budgets(input, cx);
 }
 
+/// The adapter configuration (method, rank, alpha) is needed by `#[adapt]` fields only: a
+/// struct that only nests others (or only counts frozen layers) may omit it, and `rank` / `alpha`
+/// may be omitted when every `#[adapt]` field overrides them.
 fn container(input: &Input, cx: &Ctxt) {
     let a = &input.attr;
     let name = &input.item.ident;
     let said = |k: &str| a.mentioned.iter().any(|m| m == k);
+    let adapted: Vec<_> = input
+        .fields
+        .iter()
+        .filter_map(|f| f.role.as_ref().filter(|r| r.role == Role::Adapt))
+        .collect();
     let mut missing = Vec::new();
-    if a.method.is_none() && !said("lora") && !said("dora") && !said("method") {
+    if !adapted.is_empty()
+        && a.method.is_none()
+        && !said("lora")
+        && !said("dora")
+        && !said("method")
+    {
         missing.push("a method (`lora` or `dora`)");
     }
-    if a.rank.is_none() && !said("rank") {
+    if adapted
+        .iter()
+        .any(|r| r.args.rank.is_none() && !r.args.mentioned.iter().any(|m| m == "rank"))
+        && a.rank.is_none()
+        && !said("rank")
+    {
         missing.push("`rank`");
     }
-    if a.alpha.is_none() && !said("alpha") {
+    if adapted
+        .iter()
+        .any(|r| r.args.alpha.is_none() && !r.args.mentioned.iter().any(|m| m == "alpha"))
+        && a.alpha.is_none()
+        && !said("alpha")
+    {
         missing.push("`alpha`");
     }
     if !missing.is_empty() && !a.malformed {
@@ -118,7 +141,9 @@ fn field(f: &Field, cx: &Ctxt) {
             no_bias_on_embedding(f, cx);
         }
         Role::Frozen => {
-            if role.layer.is_none() {
+            // `params = N` counts a field of any type; `in`/`out` and a bare `#[frozen]` need a
+            // layer type (implementing `FrozenModule`).
+            if role.layer.is_none() && args.params.is_none() {
                 cx.error_spanned(
                     f.ty,
                     format!("`#[frozen]` needs a layer type (a path such as `Linear`), but `{name}` is a `{ty}`"),

@@ -55,8 +55,8 @@ pub use peft::{
 pub mod __private {
     pub use crate::adapter_config::{AdapterConfig, Init};
     pub use crate::adapters::visit::{
-        check_count, join_path, AdapterModel, Declared, FieldInfo, LayerMut, LayerRef, Visitor,
-        VisitorMut,
+        check_count, join_path, AdapterModel, AdapterStruct, CountedField, CountedKind, Declared,
+        FieldInfo, FrozenKind, LayerMut, LayerRef, Visitor, VisitorMut,
     };
     pub use crate::adapters::FrozenModule;
     pub use crate::error::{AdapterError, Result};

@@ -39,7 +39,12 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The top-level module a source file belongs to (`src/peft/save.rs` → `peft`).
 fn owner(src: &Path, file: &Path) -> Option<String> {
     let rel = file.strip_prefix(src).ok()?;
-    let first = rel.components().next()?.as_os_str().to_string_lossy().into_owned();
+    let first = rel
+        .components()
+        .next()?
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned();
     Some(first.trim_end_matches(".rs").to_string())
 }
 
@@ -72,7 +77,9 @@ fn dependencies_run_one_way() {
     rust_files(&src, &mut files);
     let mut violations = Vec::new();
     for file in &files {
-        let Some(module) = owner(&src, file) else { continue };
+        let Some(module) = owner(&src, file) else {
+            continue;
+        };
         let Some(own) = rank(&module) else { continue }; // lib.rs, bin/
         let text = std::fs::read_to_string(file).unwrap();
         for target in crate_refs(&text) {
@@ -89,7 +96,11 @@ fn dependencies_run_one_way() {
     assert!(
         violations.is_empty(),
         "dependencies must run one way ({}):\n{}",
-        ORDER.iter().map(|(m, _)| *m).collect::<Vec<_>>().join(" → "),
+        ORDER
+            .iter()
+            .map(|(m, _)| *m)
+            .collect::<Vec<_>>()
+            .join(" → "),
         violations.join("\n")
     );
     assert!(files.len() > 40, "scanned {} files", files.len());
@@ -108,12 +119,18 @@ fn every_file_opens_with_a_one_line_comment() {
         })
         .map(|f| f.display().to_string())
         .collect();
-    assert!(bad.is_empty(), "files without a leading `//!` comment: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "files without a leading `//!` comment: {bad:?}"
+    );
 }
 
 #[test]
 fn references_are_found_outside_comments_only() {
     let refs = crate_refs("use crate::peft::x; // crate::train\nlet y = crate::io::atomic::f();");
     assert_eq!(refs, ["peft", "io"]);
-    assert!(rank("train") > rank("peft"), "an upward arrow would be reported");
+    assert!(
+        rank("train") > rank("peft"),
+        "an upward arrow would be reported"
+    );
 }

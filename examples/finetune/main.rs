@@ -24,9 +24,7 @@ use adapters_runtime::train::{
     estimate_training, load_jsonl, masked_cross_entropy, prepare, split_train_eval, BatchLoader,
     EstimateRequest, Example, LrSchedule, PackMode, PackOptions, Tokenizer, TrainConfig, Trainer,
 };
-use adapters_runtime::{
-    save_adapter, AdapterConfig, Adapters, Init, Method, SaveOptions, Targets,
-};
+use adapters_runtime::{save_adapter, AdapterConfig, Adapters, Init, Method, SaveOptions, Targets};
 use clap::{Parser, ValueEnum};
 use default_model::DefaultLlama;
 use std::path::{Path, PathBuf};
@@ -390,7 +388,11 @@ fn report_counts(model: &Llama, args: &Args, dtype: BaseDType) -> Res<()> {
     let request = EstimateRequest {
         method: adapter_config(args)?.method,
         rank: args.rank,
-        targets: args.targets.split(',').map(|t| t.trim().to_string()).collect(),
+        targets: args
+            .targets
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .collect(),
         dtype,
         batch_tokens: args.batch * args.seq_len,
     };

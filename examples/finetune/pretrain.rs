@@ -4,13 +4,13 @@
 use crate::{default_model, tasks};
 use adapters_runtime::candle_core::{DType, Device};
 use adapters_runtime::hf::save_model_folder;
+use adapters_runtime::io::atomic::Staging;
+use adapters_runtime::io::progress::{progress_bar, Unit};
 use adapters_runtime::models::llama::init_random;
 use adapters_runtime::train::{
     clip_grad_norm, masked_cross_entropy, prepare, AdamW, AdamWConfig, BatchLoader, BatchSource,
     Example, Grads, LrSchedule, PackMode, PackOptions, Tokenizer,
 };
-use adapters_runtime::io::atomic::Staging;
-use adapters_runtime::io::progress::{progress_bar, Unit};
 use std::path::Path;
 
 /// What the marker file records, so a stale base is rebuilt.

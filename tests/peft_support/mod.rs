@@ -7,10 +7,10 @@ mod common;
 #[allow(unused_imports)]
 pub use common::{assert_close, fixtures_root, rel_err, test_device};
 
-use adapters_runtime::candle_core::{DType, Device, Tensor};
 use adapters_runtime::adapters::visit::{
     join_path, AdapterModel, Declared, FieldInfo, LayerMut, LayerRef, Visitor, VisitorMut,
 };
+use adapters_runtime::candle_core::{DType, Device, Tensor};
 use adapters_runtime::{AdaptedEmbedding, AdaptedLinear, AdapterConfig, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -397,7 +397,12 @@ pub fn rand_tensor(seed: u64, dims: &[usize], scale: f64, dtype: DType) -> Tenso
 /// Gives every adapter tensor of `model` random values (B non-zero, magnitudes perturbed), so
 /// that every term of the adapter matters.
 pub fn perturb<M: adapters_runtime::Adapters + ?Sized>(model: &M, seed: u64, scale: f64) {
-    for (i, (name, var)) in model.named_trainable_vars().unwrap().into_iter().enumerate() {
+    for (i, (name, var)) in model
+        .named_trainable_vars()
+        .unwrap()
+        .into_iter()
+        .enumerate()
+    {
         let t = var.as_tensor();
         let noise = rand_tensor(seed + i as u64, t.dims(), scale, t.dtype())
             .to_device(t.device())

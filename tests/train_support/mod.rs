@@ -6,11 +6,11 @@
 mod device;
 pub use device::test_device;
 
-use adapters_runtime::candle_core::{DType, Tensor};
-use adapters_runtime::candle_nn::VarMap;
 use adapters_runtime::adapters::visit::{
     join_path, AdapterModel, Declared, FieldInfo, LayerMut, LayerRef, Visitor, VisitorMut,
 };
+use adapters_runtime::candle_core::{DType, Tensor};
+use adapters_runtime::candle_nn::VarMap;
 use adapters_runtime::train::Batch;
 use adapters_runtime::{AdaptedLinear, AdapterConfig, Adapters, Result};
 use std::path::PathBuf;
@@ -154,7 +154,8 @@ impl AdapterModel for TinyLm {
 
 /// Every trainable tensor's values as f32 bits, by name.
 pub fn param_bits(m: &TinyLm) -> Vec<(String, Vec<u32>)> {
-    m.named_trainable_vars().unwrap()
+    m.named_trainable_vars()
+        .unwrap()
         .into_iter()
         .map(|(n, v)| {
             let vals: Vec<f32> = v

@@ -19,6 +19,10 @@ use visit::{check_declared, checkpoint_path, AdapterModel, LayerMut, LayerRef};
 
 pub use frozen::FrozenModule;
 pub use targets::Targets;
+// A second path to the trait, so that rustc's diagnostics name it `AdapterStruct` rather than by
+// its path through `__private`.
+#[doc(hidden)]
+pub use visit::AdapterStruct;
 
 /// One adapted layer, as listed by [`Adapters::adapter_layers`].
 #[derive(Clone, Debug, PartialEq)]
@@ -98,7 +102,7 @@ pub trait Adapters: AdapterModel {
                     }
                     "#[adapt]"
                 }
-                (LayerRef::Frozen { .. }, None) => "#[frozen]",
+                (LayerRef::Frozen { .. } | LayerRef::Counted { .. }, None) => "#[frozen]",
                 _ => "?",
             };
             visited.push(format!("{} ({role})", info.path));
@@ -168,6 +172,8 @@ pub trait Adapters: AdapterModel {
                 module.frozen_params(),
                 module.has_bias(),
             ),
+            // `#[frozen(params = N)]` on a type that is not a `FrozenModule`: nothing to check.
+            (None, LayerRef::Counted { .. }) => Ok(()),
             (None, _) => Ok(()),
         })
     }
@@ -338,13 +344,15 @@ pub trait Adapters: AdapterModel {
         Ok(n)
     }
 
-    /// Frozen base parameters: adapted layers' base weights plus `#[frozen]` fields.
+    /// Frozen base parameters: adapted layers' base weights plus `#[frozen]` fields (the declared
+    /// `N` of a `#[frozen(params = N)]` field whose type does not implement [`FrozenModule`]).
     fn frozen_params(&self) -> Result<usize> {
         let mut n = 0;
         self.visit_layers("", &mut |_, layer| {
             n += match (layer.adapted(), layer) {
                 (Some((l, _)), _) => l.frozen_params(),
                 (None, LayerRef::Frozen { module }) => module.frozen_params(),
+                (None, LayerRef::Counted { params }) => params,
                 (None, _) => 0,
             };
             Ok(())

@@ -57,6 +57,13 @@ pub enum LayerRef<'a> {
         /// The module.
         module: &'a dyn FrozenModule,
     },
+    /// A `#[frozen(params = N)]` field whose type does not implement [`FrozenModule`] (a type
+    /// from another crate, say): only its declared parameter count is known, so nothing is
+    /// checked against loaded weights.
+    Counted {
+        /// The declared `N`.
+        params: usize,
+    },
 }
 
 /// A field as seen by a mutating visit.
@@ -80,6 +87,12 @@ pub enum LayerMut<'a> {
         /// The module.
         module: &'a dyn FrozenModule,
     },
+    /// A `#[frozen(params = N)]` field whose type does not implement [`FrozenModule`]: only its
+    /// declared parameter count is known (see [`LayerRef::Counted`]).
+    Counted {
+        /// The declared `N`.
+        params: usize,
+    },
 }
 
 /// A read-only visitor.
@@ -88,16 +101,83 @@ pub type Visitor<'v> = dyn FnMut(&FieldInfo<'_>, LayerRef<'_>) -> Result<()> + '
 pub type VisitorMut<'v> = dyn FnMut(&FieldInfo<'_>, LayerMut<'_>) -> Result<()> + 'v;
 
 /// Implemented by `#[adapter]`: visits every adapted, frozen and nested field in declaration order.
+/// (`#[nested]` fields name [`AdapterStruct`], whose message covers that case.)
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be a `#[nested]` field: it is not annotated with `#[adapter(...)]`",
-    label = "`#[nested]` needs a struct annotated with `#[adapter(...)]`",
-    note = "add `#[adapter(lora|dora, rank = .., alpha = ..)]` to `{Self}`, or mark the field `#[frozen]`"
+    message = "`{Self}` is not an adapter model: it is not annotated with `#[adapter(...)]`",
+    label = "needs a struct annotated with `#[adapter(...)]`",
+    note = "add `#[adapter(lora|dora, rank = .., alpha = ..)]` to `{Self}`"
 )]
 pub trait AdapterModel {
     /// Visits the fields, paths prefixed by `prefix` (`""` at the root).
     fn visit_layers(&self, prefix: &str, f: &mut Visitor<'_>) -> Result<()>;
     /// Visits the fields mutably.
     fn visit_layers_mut(&mut self, prefix: &str, f: &mut VisitorMut<'_>) -> Result<()>;
+}
+
+/// Implemented by `#[adapter]` next to [`AdapterModel`]: what a struct that nests this one reads,
+/// its compile-time sizes and its visit. The generated code of a `#[nested]` field names this
+/// trait, at the field's element type, for both, so a type that is not annotated is reported
+/// once, in these words.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a `#[nested]` field: it is not annotated with `#[adapter(...)]`",
+    label = "`#[nested]` needs a struct annotated with `#[adapter(...)]`",
+    note = "annotate `{Self}` with `#[adapter(...)]` (a struct that only nests others needs no arguments), or mark the field `#[frozen(params = N)]` to only count it"
+)]
+pub trait AdapterStruct: AdapterModel {
+    /// `[TRAINABLE_PARAMS, FROZEN_PARAMS, ADAPTER_BYTES, BASE_BYTES, ACTIVATION_BYTES_PER_TOKEN,
+    /// VRAM_BYTES]`, or why they are unknown at compile time (the message names the field).
+    const SIZES: core::result::Result<[usize; 6], &'static str>;
+
+    /// [`AdapterModel::visit_layers`], reached through this trait.
+    fn visit_nested(&self, prefix: &str, f: &mut Visitor<'_>) -> Result<()> {
+        self.visit_layers(prefix, f)
+    }
+
+    /// [`AdapterModel::visit_layers_mut`], reached through this trait.
+    fn visit_nested_mut(&mut self, prefix: &str, f: &mut VisitorMut<'_>) -> Result<()> {
+        self.visit_layers_mut(prefix, f)
+    }
+}
+
+/// A `#[frozen(params = N)]` field and its `N`, for the generated visit to choose between
+/// [`LayerRef::Frozen`] (the type implements [`FrozenModule`], so `N` is checked against the
+/// loaded module) and [`LayerRef::Counted`] (any other type) by autoref-based dispatch: with
+/// [`FrozenKind`] and [`CountedKind`] in scope, `(&CountedField(&x, n)).layer_ref()` picks the
+/// first when it applies.
+pub struct CountedField<'a, T>(pub &'a T, pub usize);
+
+/// The dispatch of [`CountedField`] for types implementing [`FrozenModule`].
+pub trait FrozenKind<'a> {
+    /// [`LayerRef::Frozen`].
+    fn layer_ref(&self) -> LayerRef<'a>;
+    /// [`LayerMut::Frozen`].
+    fn layer_mut(&self) -> LayerMut<'a>;
+}
+
+impl<'a, T: FrozenModule> FrozenKind<'a> for CountedField<'a, T> {
+    fn layer_ref(&self) -> LayerRef<'a> {
+        LayerRef::Frozen { module: self.0 }
+    }
+    fn layer_mut(&self) -> LayerMut<'a> {
+        LayerMut::Frozen { module: self.0 }
+    }
+}
+
+/// The dispatch of [`CountedField`] for any other type.
+pub trait CountedKind<'a> {
+    /// [`LayerRef::Counted`].
+    fn layer_ref(&self) -> LayerRef<'a>;
+    /// [`LayerMut::Counted`].
+    fn layer_mut(&self) -> LayerMut<'a>;
+}
+
+impl<'a, T> CountedKind<'a> for &CountedField<'a, T> {
+    fn layer_ref(&self) -> LayerRef<'a> {
+        LayerRef::Counted { params: self.1 }
+    }
+    fn layer_mut(&self) -> LayerMut<'a> {
+        LayerMut::Counted { params: self.1 }
+    }
 }
 
 /// `prefix.name`, or `name` at the root.
@@ -164,23 +244,24 @@ pub(crate) fn check_declared(
 
 impl<'a> LayerRef<'a> {
     /// The adapted layer behind the field (linear or embedding) and its declared configuration;
-    /// `None` for a frozen field.
+    /// `None` for a frozen or counted field.
     pub fn adapted(&self) -> Option<(&'a dyn AdaptedLayer, AdapterConfig)> {
         match *self {
             LayerRef::Linear { layer, config } => Some((layer, config)),
             LayerRef::Embedding { layer, config } => Some((layer, config)),
-            LayerRef::Frozen { .. } => None,
+            LayerRef::Frozen { .. } | LayerRef::Counted { .. } => None,
         }
     }
 }
 
 impl<'a> LayerMut<'a> {
-    /// The adapted layer behind the field and its declared configuration; `None` when frozen.
+    /// The adapted layer behind the field and its declared configuration; `None` when frozen or
+    /// counted.
     pub fn into_adapted(self) -> Option<(&'a mut dyn AdaptedLayer, AdapterConfig)> {
         match self {
             LayerMut::Linear { layer, config } => Some((layer, config)),
             LayerMut::Embedding { layer, config } => Some((layer, config)),
-            LayerMut::Frozen { .. } => None,
+            LayerMut::Frozen { .. } | LayerMut::Counted { .. } => None,
         }
     }
 }

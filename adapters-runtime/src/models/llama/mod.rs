@@ -7,7 +7,7 @@ mod model;
 mod rope;
 
 pub use crate::hf::llama_config::{LlamaConfig, RopeParameters};
-pub use load::{init_random, load_pretrained, random_weights, LoadedLlama};
 pub use crate::nn::RmsNorm;
+pub use load::{init_random, load_pretrained, random_weights, LoadedLlama};
 pub use model::{Attention, BaseMode, Block, Llama, LmHead, Mlp};
 pub use rope::Rope;

@@ -6,12 +6,12 @@
 use super::rope::Rope;
 use crate::adapter;
 use crate::adapters::FrozenModule;
-use crate::nn::ops::{silu, softmax_last_dim};
-use crate::nn::RmsNorm;
 use crate::candle_nn::{Embedding, Linear};
 use crate::hf::llama_config::LlamaConfig;
 use crate::hf::llama_layout::{self as layout, LlamaLayout};
 use crate::layers::{AdaptedEmbedding, AdaptedLinear};
+use crate::nn::ops::{silu, softmax_last_dim};
+use crate::nn::RmsNorm;
 use crate::ops::frozen_matmul;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;

@@ -77,7 +77,7 @@ impl Rope {
     /// `offset..offset + seq` (incremental decoding).
     pub fn apply_at(&self, x: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
         let (_, _, seq, _) = x.dims4()?;
-        let end = offset.checked_add(seq).unwrap_or(usize::MAX);
+        let end = offset.saturating_add(seq);
         if end > self.max_positions() {
             candle_core::bail!(
                 "positions {offset}..{end} exceed max_position_embeddings = {}",
