@@ -297,16 +297,14 @@ pub struct Projections {
     pub embed: Option<(AdaptedEmbedding, AdapterConfig)>,
 }
 
-/// The projection names of a Llama layer.
-pub const PROJECTIONS: [&str; 7] = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-];
+/// The module paths of Llama layer `i`'s projections (`model.layers.0.self_attn.q_proj`, …), from
+/// the runtime's one layout table.
+pub fn projection_paths(i: usize) -> Vec<String> {
+    adapters_runtime::hf::llama_layout::PROJECTIONS
+        .iter()
+        .map(|p| adapters_runtime::hf::LlamaLayout::projection_path(i, p))
+        .collect()
+}
 
 impl Projections {
     /// From `tiny_llama_dora/model/model.safetensors`; `config(path)` gives each layer's declared
@@ -318,8 +316,7 @@ impl Projections {
         let base = load(&fixture("tiny_llama_dora").join("model/model.safetensors"));
         let mut layers = Vec::new();
         for i in 0..2 {
-            for p in PROJECTIONS {
-                let path = format!("model.layers.{i}.{p}");
+            for path in projection_paths(i) {
                 let l = bare_linear(&base, &path, DType::F32).with_path(path.clone());
                 let c = config(&path);
                 layers.push((path, l, c));
