@@ -53,6 +53,8 @@ struct Record {
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 type Op = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
+/// `(op, input shape, [(variant, function, timed with backward)])`.
+type Case = (&'static str, Vec<usize>, Vec<(&'static str, Op, bool)>);
 
 fn time_ms(device: &Device, f: &mut dyn FnMut() -> candle_core::Result<()>) -> Res<f64> {
     let t = Instant::now();
@@ -75,10 +77,7 @@ fn rand(dims: &[usize], dt: DType, device: &Device) -> candle_core::Result<Tenso
 }
 
 /// `(op, input shape, [(variant, function, has backward)])`: fused drop-in, unfused, candle fused.
-fn cases(
-    dt: DType,
-    dev: &Device,
-) -> Res<Vec<(&'static str, Vec<usize>, Vec<(&'static str, Op, bool)>)>> {
+fn cases(dt: DType, dev: &Device) -> Res<Vec<Case>> {
     let (h, mlp, heads, hd, b, t) = (576, 1536, 9, 64, 4, 128);
     let (w, bias) = (rand(&[h], dt, dev)?, rand(&[h], dt, dev)?);
     let (cos, sin) = (rand(&[t, hd / 2], dt, dev)?, rand(&[t, hd / 2], dt, dev)?);
