@@ -196,26 +196,34 @@ fn run() -> Res<()> {
         "{:<10} {:<18} {:<8} {:>9} {:>12} {:>16}",
         "op", "shape", "variant", "fwd ms", "fwd+bwd ms", "speed-up fwd+bwd"
     );
-    for (op, shape, variants) in cases(dt, &device)? {
-        let x = Var::from_tensor(&rand(&shape, dt, &device)?)?;
-        let n = variants.len();
-        let (mut fwd, mut fwd_bwd) = (vec![Vec::new(); n], vec![Vec::new(); n]);
-        for round in 0..args.warmup + args.runs.max(1) {
+    let cases = cases(dt, &device)?;
+    let xs: Vec<Var> = cases
+        .iter()
+        .map(|(_, shape, _)| Var::from_tensor(&rand(shape, dt, &device)?))
+        .collect::<candle_core::Result<_>>()?;
+    // [case][variant] → timings. Each round times every variant of every case once, so a burst
+    // of load from other processes hits all of them alike.
+    let mut fwd: Vec<Vec<Vec<f64>>> = cases.iter().map(|c| vec![Vec::new(); c.2.len()]).collect();
+    let mut fwd_bwd = fwd.clone();
+    for round in 0..args.warmup + args.runs.max(1) {
+        for (c, (_, _, variants)) in cases.iter().enumerate() {
+            let x = xs[c].as_tensor();
             for (i, (_, f, bwd)) in variants.iter().enumerate() {
-                let t = time_ms(&device, &mut || f(x.as_tensor()).map(drop))?;
+                let t = time_ms(&device, &mut || f(x).map(drop))?;
                 let tb = if *bwd {
-                    Some(time_ms(&device, &mut || {
-                        f(x.as_tensor())?.backward().map(drop)
-                    })?)
+                    Some(time_ms(&device, &mut || f(x)?.backward().map(drop))?)
                 } else {
                     None
                 };
                 if round >= args.warmup {
-                    fwd[i].push(t);
-                    fwd_bwd[i].extend(tb);
+                    fwd[c][i].push(t);
+                    fwd_bwd[c][i].extend(tb);
                 }
             }
         }
+    }
+    for (c, (op, shape, variants)) in cases.iter().enumerate() {
+        let (op, fwd, fwd_bwd) = (*op, &mut fwd[c], &mut fwd_bwd[c]);
         // Variant 0 is the fused drop-in, 1 the unfused composition.
         let mut ratios: Vec<f64> = fwd_bwd[1]
             .iter()
