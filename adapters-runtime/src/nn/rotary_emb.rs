@@ -1,7 +1,8 @@
 //! Differentiable drop-ins for `candle_nn::rotary_emb`: the same fused kernels, with a backward.
 //!
 //! The backward of a rotation is the transposed rotation: the same kernel with `−sin`.
-//! Gradients flow to `xs`; `cos` and `sin` are treated as constants. As in candle, the caller
+//! Gradients flow to `xs` (fused), and to `cos` / `sin` when they are tracked (a few tensor ops;
+//! they are constants in a Llama, so usually skipped). As in candle, the caller
 //! narrows `cos` / `sin` (`[seq, head_dim/2]`, or `[b, seq, head_dim/2]`) for a position offset.
 
 use crate::ops::{rope_any, RopeKind};

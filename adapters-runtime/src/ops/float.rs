@@ -3,7 +3,7 @@
 use candle_core::cpu::kernels::VecOps;
 use candle_core::{bail, DType, Layout, Result, Tensor, WithDType};
 use half::{bf16, f16};
-use num_traits::Float;
+use num_traits::{Float, Zero};
 
 /// A float element type: `f32` and `f64` accumulate in themselves, `bf16` and `f16` in `f32`.
 pub(crate) trait Elem: WithDType + Float + VecOps + Send + Sync {
@@ -47,6 +47,49 @@ elem!(f32, f32, |v| v, |a| a);
 elem!(f64, f64, |v| v, |a| a);
 elem!(bf16, f32, bf16::to_f32, bf16::from_f32);
 elem!(f16, f32, f16::to_f32, f16::from_f32);
+
+/// `Σ_i f(a_i, b_i, c_i)` over equal-length slices, in eight independent partial sums (which
+/// vectorise; the rounding order differs from a sequential sum), for `K` quantities at once.
+#[inline(always)]
+pub(crate) fn sum_lanes<T: Elem, const K: usize>(
+    a: &[T],
+    b: &[T],
+    c: &[T],
+    f: impl Fn(T, T, T) -> [T::Acc; K],
+) -> [T::Acc; K] {
+    let mut lanes = [[T::Acc::zero(); K]; 8];
+    let chunks = a
+        .chunks_exact(8)
+        .zip(b.chunks_exact(8))
+        .zip(c.chunks_exact(8));
+    for ((a, b), c) in chunks {
+        let (a, b, c): (&[T; 8], &[T; 8], &[T; 8]) = (
+            a.try_into().expect("chunk of 8"),
+            b.try_into().expect("chunk of 8"),
+            c.try_into().expect("chunk of 8"),
+        );
+        for l in 0..8 {
+            let v = f(a[l], b[l], c[l]);
+            for k in 0..K {
+                lanes[l][k] += v[k];
+            }
+        }
+    }
+    let full = a.len() / 8 * 8;
+    let mut out = [T::Acc::zero(); K];
+    for i in full..a.len() {
+        let v = f(a[i], b[i], c[i]);
+        for k in 0..K {
+            out[k] += v[k];
+        }
+    }
+    for lane in lanes {
+        for k in 0..K {
+            out[k] += lane[k];
+        }
+    }
+    out
+}
 
 /// The contiguous part of `data` that `layout` addresses, or an error naming `what`.
 pub(crate) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {

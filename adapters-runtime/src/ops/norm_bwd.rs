@@ -1,6 +1,6 @@
 //! Backward passes of the RMS / layer norms: a fused CPU kernel for `dx`, tensor-op formulas else.
 
-use super::float::{contiguous, dispatch_float, widen, Elem};
+use super::float::{contiguous, dispatch_float, sum_lanes, widen, Elem};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use num_traits::{Float, Zero};
 use rayon::prelude::*;
@@ -39,22 +39,18 @@ fn norm_bwd_rows<T: Elem>(
     dst.par_chunks_mut(n)
         .zip(x.par_chunks(n).zip(g.par_chunks(n)))
         .for_each(|(dst, (x, g))| {
-            let (mut sum, mut sum2) = (zero, zero);
-            for v in x {
+            let [sum, sum2] = sum_lanes(x, x, x, |v, _, _| {
                 let v = v.up();
-                sum += v;
-                sum2 += v * v;
-            }
+                [v, v * v]
+            });
             // The forward's statistics (E[x²] − μ² for the layer norm, as candle computes them).
             let mean = if remove_mean { sum / nf } else { zero };
             let var = sum2 / nf - mean * mean;
             let r = (var + T::acc_f32(eps)).sqrt().recip();
-            let (mut a, mut c) = (zero, zero);
-            for ((x, g), w) in x.iter().zip(g).zip(w) {
+            let [a, c] = sum_lanes(x, g, w, |x, g, w| {
                 let gw = g.up() * w.up();
-                a += gw;
-                c += gw * (x.up() - mean) * r;
-            }
+                [gw, gw * (x.up() - mean) * r]
+            });
             let a = if remove_mean { a / nf } else { zero };
             let c = c / nf;
             for (((d, x), g), w) in dst.iter_mut().zip(x).zip(g).zip(w) {

@@ -1,6 +1,6 @@
 //! Differentiable rotary embeddings (the three layouts of `candle_nn::rotary_emb`).
 
-use super::float::{contiguous, dispatch_float, Elem};
+use super::float::{contiguous, dispatch_float, widen, Elem};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -16,7 +16,8 @@ pub enum RopeKind {
 }
 
 /// Rotary embedding applied to `(x, cos, sin)`: `y1 = x1·cos − x2·sin`, `y2 = x1·sin + x2·cos`.
-/// Its backward is the transposed rotation, that is the same op with `−sin`.
+/// Its backward is the transposed rotation, that is the same op with `−sin`; `cos` / `sin`
+/// get gradients too when they are tracked (tensor ops, see `cos_sin_grads`).
 #[derive(Debug, Clone, Copy)]
 pub struct RopeOp(pub RopeKind);
 
@@ -117,8 +118,53 @@ impl CustomOp3 for RopeOp {
         } else {
             None
         };
-        Ok((dx, None, None))
+        if !(cos.track_op() || sin.track_op()) {
+            return Ok((dx, None, None));
+        }
+        let (dcos, dsin) = cos_sin_grads(self.0, x, g, cos)?;
+        Ok((
+            dx,
+            cos.track_op().then_some(dcos),
+            sin.track_op().then_some(dsin),
+        ))
     }
+}
+
+/// Gradients of the cos / sin tables (tensor ops, in `f32` for half types): with `(x1, x2)` the
+/// rotated pairs, `dcos = Σ g1·x1 + g2·x2` and `dsin = Σ g2·x1 − g1·x2`, summed over heads (and
+/// over the batch for a `[t, d/2]` table). The kernels read the first `b·t·d/2` (or `t·d/2`)
+/// elements of the table, so the rest of it gets zeros.
+fn cos_sin_grads(kind: RopeKind, x: &Tensor, g: &Tensor, cos: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (x, g) = (widen(x)?, widen(g)?);
+    let (x, g) = match kind {
+        RopeKind::Thd => (x.transpose(1, 2)?, g.transpose(1, 2)?),
+        _ => (x, g),
+    };
+    let (b, h, t, d) = x.dims4()?;
+    let half = d / 2;
+    let split = |v: &Tensor| -> Result<(Tensor, Tensor)> {
+        match kind {
+            RopeKind::Interleaved => {
+                let v = v.reshape((b, h, t, half, 2))?;
+                Ok((
+                    v.narrow(4, 0, 1)?.squeeze(4)?,
+                    v.narrow(4, 1, 1)?.squeeze(4)?,
+                ))
+            }
+            _ => Ok((v.narrow(3, 0, half)?, v.narrow(3, half, half)?)),
+        }
+    };
+    let ((x1, x2), (g1, g2)) = (split(&x)?, split(&g)?);
+    let dcos = ((&g1 * &x1)? + (&g2 * &x2)?)?.sum(1)?;
+    let dsin = ((&g2 * &x1)? - (&g1 * &x2)?)?.sum(1)?;
+    let table = |v: Tensor| -> Result<Tensor> {
+        let v = if cos.rank() == 3 { v } else { v.sum(0)? }.flatten_all()?;
+        let rest = cos.elem_count() - v.elem_count();
+        v.pad_with_zeros(0, 0, rest)?
+            .reshape(cos.shape())?
+            .to_dtype(cos.dtype())
+    };
+    Ok((table(dcos)?, table(dsin)?))
 }
 
 /// Checks the shapes as candle-nn does, then applies [`RopeOp`] to contiguous copies.

@@ -1,8 +1,7 @@
 //! Differentiable last-dimension softmax: candle's fused forward with a fused CPU backward.
 
-use super::float::{contiguous, dispatch_float, widen, Elem};
+use super::float::{contiguous, dispatch_float, sum_lanes, widen, Elem};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
-use num_traits::Zero;
 use rayon::prelude::*;
 
 /// Softmax over the last dimension; `y = softmax(x)`, `dx = y ⊙ (g − Σ g⊙y)`.
@@ -85,10 +84,7 @@ fn softmax_bwd_rows<T: Elem>(
     dst.par_chunks_mut(n)
         .zip(y.par_chunks(n).zip(g.par_chunks(n)))
         .for_each(|(dst, (y, g))| {
-            let mut dot = T::Acc::zero();
-            for (y, g) in y.iter().zip(g) {
-                dot += y.up() * g.up();
-            }
+            let [dot] = sum_lanes(y, g, g, |y, g, _| [y.up() * g.up()]);
             for ((d, y), g) in dst.iter_mut().zip(y).zip(g) {
                 *d = T::down(y.up() * (g.up() - dot));
             }
