@@ -11,34 +11,24 @@
 
 use adapters_runtime::candle_core::{self as candle_core, DType, Device, Module, Tensor};
 use adapters_runtime::{AdaptedLinear, AdapterConfig};
+use bench::{median, time_ms, BenchArgs, Res};
 use clap::Parser;
 use serde::Serialize;
-use std::time::Instant;
 
 // candle allocates a fresh buffer for every op result; glibc's malloc serves large ones with
 // mmap, and the page faults and TLB shootdowns cost DoRA's CPU backward ~2× (BENCHMARKS.md).
 // mimalloc reuses freed buffers.
+#[path = "support/bench.rs"]
+mod bench;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(about = "Times base / LoRA / DoRA / merged-DoRA linear layers")]
 struct Args {
-    /// Write the records as a JSON array to this file.
-    #[arg(long)]
-    json: Option<std::path::PathBuf>,
-    /// Timed runs per figure (the median is reported).
-    #[arg(long, default_value_t = 20)]
-    runs: usize,
-    /// Untimed warm-up runs.
-    #[arg(long, default_value_t = 3)]
-    warmup: usize,
-    /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Activation / base dtype: `f32`, `bf16` or `f16`.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    #[command(flatten)]
+    bench: BenchArgs,
     /// Shapes as `in,out,r,tokens`; repeatable. Default: the two shapes of the issue.
     #[arg(long = "shape")]
     shapes: Vec<String>,
@@ -54,22 +44,6 @@ struct Record {
     dtype: String,
     fwd_ms: f64,
     fwd_bwd_ms: Option<f64>,
-}
-
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-/// One timed call of `f` in milliseconds, synchronising the device after it so that
-/// asynchronous (CUDA) work is included.
-fn time_ms(device: &Device, f: &mut dyn FnMut() -> candle_core::Result<()>) -> Res<f64> {
-    let t = Instant::now();
-    f()?;
-    device.synchronize()?;
-    Ok(t.elapsed().as_secs_f64() * 1e3)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn rand(dims: &[usize], scale: f64, dt: DType, device: &Device) -> candle_core::Result<Tensor> {
@@ -95,13 +69,8 @@ fn layer(w: &Tensor, cfg: Option<AdapterConfig>, device: &Device) -> Res<Adapted
 
 fn run() -> Res<()> {
     let args = Args::parse();
-    let device = adapters_runtime::device(&args.device)?;
-    let dt = match args.dtype.as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        d => return Err(format!("unknown dtype `{d}` (expected f32, bf16 or f16)").into()),
-    };
+    let device = args.bench.device()?;
+    let dt = args.bench.dtype()?;
     let shapes: Vec<[usize; 4]> = if args.shapes.is_empty() {
         vec![[1024, 1024, 16, 512], [2048, 2048, 16, 256]]
     } else {
@@ -142,7 +111,7 @@ fn run() -> Res<()> {
         // same machine conditions; medians over rounds, and the median of per-round ratios.
         let mut fwd: Vec<Vec<f64>> = vec![Vec::new(); layers.len()];
         let mut fwd_bwd: Vec<Vec<f64>> = vec![Vec::new(); layers.len()];
-        for round in 0..args.warmup + args.runs.max(1) {
+        for round in 0..args.bench.rounds() {
             for (i, (_, l, trains)) in layers.iter().enumerate() {
                 let t = time_ms(&device, &mut || l.forward(&x).map(drop))?;
                 let tb = if *trains {
@@ -154,7 +123,7 @@ fn run() -> Res<()> {
                 } else {
                     None
                 };
-                if round >= args.warmup {
+                if args.bench.timed(round) {
                     fwd[i].push(t);
                     fwd_bwd[i].extend(tb);
                 }
@@ -180,7 +149,7 @@ fn run() -> Res<()> {
             let bwd = fwd_bwd_ms.map_or("-".to_string(), |v| format!("{v:.2}"));
             println!(
                 "{kind:<12} {din:>5} {dout:>5} {r:>3} {tokens:>6} {:>5} {fwd_ms:>10.2} {bwd:>12}",
-                args.dtype
+                args.bench.dtype
             );
             records.push(Record {
                 kind,
@@ -188,7 +157,7 @@ fn run() -> Res<()> {
                 dout,
                 r,
                 tokens,
-                dtype: args.dtype.clone(),
+                dtype: args.bench.dtype.clone(),
                 fwd_ms,
                 fwd_bwd_ms,
             });
@@ -197,20 +166,10 @@ fn run() -> Res<()> {
             println!("  DoRA / LoRA fwd+bwd = {ratio:.3} (median of per-round ratios)");
         }
     }
-    if let Some(path) = args.json {
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(&records)?)?;
-        std::fs::rename(&tmp, &path)?;
-    }
+    args.bench.write_json(&records)?;
     Ok(())
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    bench::exit(run())
 }

@@ -14,9 +14,12 @@
 use adapters_runtime::candle_core::{self as candle_core, DType, Device, Tensor, Var, D};
 use adapters_runtime::candle_nn;
 use adapters_runtime::nn::{ops, rotary_emb};
+use bench::{median, time_ms, BenchArgs, Res};
 use clap::Parser;
 use serde::Serialize;
-use std::time::Instant;
+
+#[path = "support/bench.rs"]
+mod bench;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -24,21 +27,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(about = "Times the differentiable fused ops against unfused candle compositions")]
 struct Args {
-    /// Write the records as a JSON array to this file.
-    #[arg(long)]
-    json: Option<std::path::PathBuf>,
-    /// Timed rounds per figure (the median is reported).
-    #[arg(long, default_value_t = 30)]
-    runs: usize,
-    /// Untimed warm-up rounds.
-    #[arg(long, default_value_t = 3)]
-    warmup: usize,
-    /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// `f32`, `bf16` or `f16`.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    #[command(flatten)]
+    bench: BenchArgs,
 }
 
 #[derive(Serialize)]
@@ -51,25 +41,12 @@ struct Record {
     fwd_bwd_ms: Option<f64>,
 }
 
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
 type Op = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
 /// `(op, input shape, [(variant, function, timed with backward)])`.
 type Case = (&'static str, Vec<usize>, Vec<(&'static str, Op, bool)>);
 
-fn time_ms(device: &Device, f: &mut dyn FnMut() -> candle_core::Result<()>) -> Res<f64> {
-    let t = Instant::now();
-    f()?;
-    device.synchronize()?;
-    Ok(t.elapsed().as_secs_f64() * 1e3)
-}
-
 fn op(f: impl Fn(&Tensor) -> candle_core::Result<Tensor> + 'static) -> Op {
     Box::new(f)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn rand(dims: &[usize], dt: DType, device: &Device) -> candle_core::Result<Tensor> {
@@ -184,13 +161,8 @@ fn cases(dt: DType, dev: &Device) -> Res<Vec<Case>> {
 
 fn run() -> Res<()> {
     let args = Args::parse();
-    let device = adapters_runtime::device(&args.device)?;
-    let dt = match args.dtype.as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        d => return Err(format!("unknown dtype `{d}` (expected f32, bf16 or f16)").into()),
-    };
+    let device = args.bench.device()?;
+    let dt = args.bench.dtype()?;
     let mut records = Vec::new();
     println!(
         "{:<10} {:<18} {:<8} {:>9} {:>12} {:>16}",
@@ -205,7 +177,7 @@ fn run() -> Res<()> {
     // of load from other processes hits all of them alike.
     let mut fwd: Vec<Vec<Vec<f64>>> = cases.iter().map(|c| vec![Vec::new(); c.2.len()]).collect();
     let mut fwd_bwd = fwd.clone();
-    for round in 0..args.warmup + args.runs.max(1) {
+    for round in 0..args.bench.rounds() {
         for (c, (_, _, variants)) in cases.iter().enumerate() {
             let x = xs[c].as_tensor();
             for (i, (_, f, bwd)) in variants.iter().enumerate() {
@@ -215,7 +187,7 @@ fn run() -> Res<()> {
                 } else {
                     None
                 };
-                if round >= args.warmup {
+                if args.bench.timed(round) {
                     fwd[c][i].push(t);
                     fwd_bwd[c][i].extend(tb);
                 }
@@ -246,24 +218,16 @@ fn run() -> Res<()> {
                 op,
                 variant,
                 shape: shape.clone(),
-                dtype: args.dtype.clone(),
+                dtype: args.bench.dtype.clone(),
                 fwd_ms,
                 fwd_bwd_ms,
             });
         }
     }
-    if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&records)?)?;
-    }
+    args.bench.write_json(&records)?;
     Ok(())
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    bench::exit(run())
 }

@@ -32,12 +32,15 @@ use adapters_runtime::models::llama::{random_weights, BaseMode, Llama};
 use adapters_runtime::train::{clip_grad_norm, masked_cross_entropy, AdamW, AdamWConfig, Grads};
 use adapters_runtime::train::{estimate_training, EstimateRequest, TrainingEstimate};
 use adapters_runtime::{AdapterConfig, Adapters};
+use bench::Res;
 use clap::Parser;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Instant;
 
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
+#[path = "support/bench.rs"]
+#[allow(dead_code)]
+mod bench;
 
 #[derive(Parser)]
 #[command(
@@ -560,18 +563,10 @@ fn run() -> Res<()> {
             r.ratio.map_or("-".to_string(), |v| format!("{v:.3}"))
         );
     }
-    if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&records)?)?;
-    }
+    bench::write_json(args.json.as_deref(), &records)?;
     Ok(())
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    bench::exit(run())
 }

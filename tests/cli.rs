@@ -108,7 +108,11 @@ fn llama_model() -> std::path::PathBuf {
 
 fn llama_adapted() -> Vec<String> {
     (0..2)
-        .flat_map(|i| projection_paths(i).into_iter().map(|p| format!("{p}.weight")))
+        .flat_map(|i| {
+            projection_paths(i)
+                .into_iter()
+                .map(|p| format!("{p}.weight"))
+        })
         .collect()
 }
 

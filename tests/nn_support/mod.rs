@@ -1,6 +1,9 @@
 //! Helpers of the `nn` drop-in tests: deterministic tensors, gradients, errors, finite differences.
 #![allow(dead_code)]
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use adapters_runtime::candle_core::{DType, Device, Result, Tensor, Var};
 
 /// Deterministic values in `[-scale, scale)` (xorshift), as a CPU tensor of `dtype`.
@@ -21,20 +24,9 @@ pub fn rand(seed: u64, shape: &[usize], scale: f64, dtype: DType) -> Tensor {
         .unwrap()
 }
 
-/// `max |a − b| / max |b|` in f64.
+/// `max |a − b| / max |b|` in f64 (the suite's one relative error).
 pub fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    let diff = (&a - &b).unwrap().abs().unwrap().max_all().unwrap();
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    diff.to_scalar::<f64>().unwrap() / scale.max(1e-30)
+    common::rel_err(a, b)
 }
 
 /// `max |a − b|` in f64.
