@@ -5,7 +5,9 @@
 //! `ADAPTERS_TEST_DEVICE=cuda ADAPTERS_FIXTURES=<repo>/tests/fixtures` (`scripts/gpu-check.sh`).
 //! Each module is the test file of the same name, unchanged: the PEFT fixtures (f64, f32, bf16,
 //! f16), the layers (merge, dropout, no base gradient, training), the DoRA norm, the Llama
-//! fixture, PEFT checkpoints (save / load), the training loop and the trainer's numerics.
+//! fixture, PEFT checkpoints (save / load), the training loop and the trainer's numerics, the
+//! `nn` drop-ins (forwards against candle's fused ops, gradients against finite differences and
+//! the unfused compositions) and a forked candle-transformers Llama trained with them.
 
 // Each test file declares its own helper module (`mod common;`, …), as when built alone.
 #![allow(clippy::duplicate_mod)]
@@ -14,10 +16,18 @@
 mod checkpoints;
 #[path = "dora_norm.rs"]
 mod dora_norm;
+#[path = "fork_llama.rs"]
+mod fork_llama;
 #[path = "layers.rs"]
 mod layers;
 #[path = "llama.rs"]
 mod llama;
+#[path = "nn_layers.rs"]
+mod nn_layers;
+#[path = "nn_ops.rs"]
+mod nn_ops;
+#[path = "nn_rope_tables.rs"]
+mod nn_rope_tables;
 #[path = "peft_fixtures.rs"]
 mod peft_fixtures;
 #[path = "train_loop.rs"]

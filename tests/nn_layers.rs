@@ -3,11 +3,11 @@
 
 mod nn_support;
 
-use adapters_runtime::candle_core::{DType, Device, Module, Tensor, Var};
+use adapters_runtime::candle_core::{DType, Module, Tensor, Var};
 use adapters_runtime::candle_nn::{self, Linear, VarBuilder, VarMap};
 use adapters_runtime::nn::{layer_norm, rms_norm, LayerNorm, LayerNormConfig, RmsNorm};
 use adapters_runtime::{adapter, Adapters};
-use nn_support::{abs_diff, assert_rel, grads, rand};
+use nn_support::{abs_diff, assert_rel, grads, rand, test_device};
 
 const H: usize = 33;
 
@@ -55,7 +55,7 @@ fn layers_forward_like_candle() {
 #[test]
 fn constructors_and_weight_grads() {
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &test_device());
     let rms = rms_norm(H, 1e-6, vb.pp("rms")).unwrap();
     let config = LayerNormConfig {
         eps: 1e-5,

@@ -3,10 +3,12 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+pub use common::test_device;
 
 use adapters_runtime::candle_core::{DType, Device, Result, Tensor, Var};
 
-/// Deterministic values in `[-scale, scale)` (xorshift), as a CPU tensor of `dtype`.
+/// Deterministic values in `[-scale, scale)` (xorshift), as a tensor of `dtype` on the test device
+/// (`ADAPTERS_TEST_DEVICE`, default CPU).
 pub fn rand(seed: u64, shape: &[usize], scale: f64, dtype: DType) -> Tensor {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let n: usize = shape.iter().product();
@@ -21,6 +23,8 @@ pub fn rand(seed: u64, shape: &[usize], scale: f64, dtype: DType) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu)
         .unwrap()
         .to_dtype(dtype)
+        .unwrap()
+        .to_device(&test_device())
         .unwrap()
 }
 
@@ -84,7 +88,7 @@ pub fn finite_diff(
     let base: Vec<f64> = inputs[k].flatten_all().unwrap().to_vec1().unwrap();
     let eval = |vals: &[f64]| -> f64 {
         let mut ts: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
-        ts[k] = Tensor::from_vec(vals.to_vec(), inputs[k].dims(), &Device::Cpu).unwrap();
+        ts[k] = Tensor::from_vec(vals.to_vec(), inputs[k].dims(), inputs[k].device()).unwrap();
         let y = f(&ts).unwrap();
         loss(&y).unwrap().to_scalar::<f64>().unwrap()
     };
@@ -96,5 +100,5 @@ pub fn finite_diff(
         v[i] = base[i] - h;
         out.push((up - eval(&v)) / (2.0 * h));
     }
-    Tensor::from_vec(out, inputs[k].dims(), &Device::Cpu).unwrap()
+    Tensor::from_vec(out, inputs[k].dims(), inputs[k].device()).unwrap()
 }
