@@ -273,3 +273,73 @@ fn counted_fields_are_listed_as_frozen() {
     let err = model.attach_adapters(&VarMap::new(), 0).unwrap_err();
     assert!(err.to_string().contains("table (#[frozen])"), "{err}");
 }
+
+/// A model whose blocks were not marked `#[nested]`: nothing to adapt is visible.
+#[adapter(lora, rank = 4, alpha = 8.0)]
+pub struct ForgotNested {
+    blocks: Vec<Block>,
+    #[frozen(in = F, out = D)]
+    proj: Linear,
+}
+
+#[test]
+fn attaching_nothing_is_an_error_listing_the_fields_visited() {
+    let mut m = ForgotNested {
+        blocks: vec![block()],
+        proj: linear(F, D, false),
+    };
+    let err = m.attach_adapters(&VarMap::new(), 0).unwrap_err();
+    assert!(matches!(err, AdapterError::NothingAttached { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("no `#[adapt]` field"), "{text}");
+    assert!(text.contains("proj (#[frozen])"), "{text}");
+
+    // Run-time targets that match nothing are the same error, naming the plan.
+    let mut model = tiny(3);
+    model.name_layers_by_field().unwrap();
+    let err = model
+        .attach_adapters_with(&VarMap::new(), 0, &mut |_, _| None)
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("chose none"), "{text}");
+    assert!(text.contains("layers.0.q (#[adapt])"), "{text}");
+    assert!(model.adapter_layers().unwrap().is_empty());
+}
+
+#[test]
+fn layers_without_a_checkpoint_path_are_reported_at_attach() {
+    // Built with `.into()` from candle layers: no VarBuilder path.
+    let mut model = tiny(3);
+    let err = model.attach_adapters(&VarMap::new(), 0).unwrap_err();
+    let AdapterError::UnknownCheckpointPath { count, fields } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(*count, 1 + 2 * 6, "embed, and q and up of 6 blocks");
+    assert!(
+        fields.starts_with("embed, layers.0.q, layers.0.up"),
+        "{fields}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("adapters_runtime::nn::"), "{text}");
+    assert!(text.contains("name_layers_by_field"), "{text}");
+    assert!(
+        model.adapter_layers().unwrap().is_empty(),
+        "nothing attached"
+    );
+
+    // A path given by hand is used as the adapters' name.
+    let mut block = block();
+    block.q = AdaptedLinear::from(linear(D, D, false)).with_path("model.layers.0.q_proj");
+    block.up = AdaptedLinear::from(linear(D, F, true)).with_path("model.layers.0.up_proj");
+    block.attach_adapters(&VarMap::new(), 0).unwrap();
+    let names: Vec<String> = block
+        .named_trainable_vars()
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        names.contains(&"model.layers.0.q_proj.lora_A.weight".to_string()),
+        "{names:?}"
+    );
+}
