@@ -17,7 +17,7 @@
 //!   macro's constants and the `adapters` command.
 //!
 //! Modules depend one way, each only on those before it: [`error`] → [`seed`] →
-//! [`adapter_config`] / [`estimate`] / [`device`] → [`io`] → [`ops`] → [`layers`] →
+//! [`adapter_config`] / [`estimate`] / [`device`](mod@device) → [`io`] → [`ops`] → [`layers`] →
 //! [`adapters`] → [`nn`] → [`hf`] → [`peft`] → [`models`] → [`train`] → the `adapters` binary.
 
 #![warn(missing_docs)]
