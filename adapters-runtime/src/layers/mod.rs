@@ -2,6 +2,7 @@
 //! state it carries, the DoRA norm and PEFT's initialisation.
 
 mod adapted;
+mod adapted_layer;
 mod adapter;
 pub mod dora_norm;
 mod embedding;
@@ -9,7 +10,8 @@ pub mod init;
 pub mod kind;
 mod linear;
 
-pub use adapted::{Adapted, AdaptedLayer};
+pub use adapted::Adapted;
+pub use adapted_layer::AdaptedLayer;
 pub use adapter::Adapter;
 pub use embedding::AdaptedEmbedding;
 pub use kind::{EmbeddingBase, LayerKind, LinearBase};
