@@ -277,7 +277,7 @@ fn counted_fields_are_listed_as_frozen() {
 /// A model whose blocks were not marked `#[nested]`: nothing to adapt is visible.
 #[adapter(lora, rank = 4, alpha = 8.0)]
 pub struct ForgotNested {
-    blocks: Vec<Block>,
+    pub blocks: Vec<Block>,
     #[frozen(in = F, out = D)]
     proj: Linear,
 }
