@@ -509,7 +509,7 @@ fn merge_output_rules() {
         &["fc1.weight".into(), "fc2.weight".into()],
         1e-6,
     );
-    // A folder output is replaced as a whole.
+    // `--force` replaces what the merge writes in a folder output; other files stay.
     let outdir = dir.join("merged");
     std::fs::create_dir(&outdir).unwrap();
     std::fs::write(outdir.join("stale.txt"), "x").unwrap();
@@ -520,7 +520,10 @@ fn merge_output_rules() {
         &force,
     )
     .unwrap();
-    assert_eq!(entries(&outdir), ["config.json", "model.safetensors"]);
+    assert_eq!(
+        entries(&outdir),
+        ["config.json", "model.safetensors", "stale.txt"]
+    );
 }
 
 #[test]

@@ -206,3 +206,46 @@ pub fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<u8>)> {
     };
     Ok((t.dtype().into(), bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_the_existing_file_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.safetensors");
+        std::fs::write(&path, "previous").unwrap();
+        let failure = Failure::default();
+        let ok = Entry::new(
+            Dtype::F32,
+            vec![2],
+            Source::Owned(vec![0; 8]),
+            &failure,
+            None,
+        );
+        let bad = Entry::new(
+            Dtype::F32,
+            vec![2],
+            Source::Lazy(Box::new(|| {
+                Err(AdapterError::InvalidState {
+                    layer: "t".into(),
+                    op: "merge",
+                    reason: "boom".into(),
+                })
+            })),
+            &failure,
+            None,
+        );
+        let err = write_file(
+            &path,
+            vec![("a".into(), ok), ("b".into(), bad)],
+            None,
+            &failure,
+        );
+        assert!(err.unwrap_err().to_string().contains("boom"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "previous");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file left");
+    }
+}

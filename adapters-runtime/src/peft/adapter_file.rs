@@ -127,6 +127,7 @@ impl AdapterCheckpoint {
                             path: file.path().into(),
                             source: e,
                         })?;
+                        check_adapter_dtype(file.path(), k, v.dtype())?;
                         Ok((to_tensor(&v, file.path(), k)?, v.data().len()))
                     };
                     let (a, na) = load(&ka)?;
@@ -247,6 +248,30 @@ fn check_group(
         (true, Some(a), Some(b)) => Some((kind, a, b, get(AdapterTensor::Magnitude))),
         _ => None,
     }
+}
+
+/// The dtypes an adapter tensor may have: PEFT saves f32 (or the dtype it trained in); 8-, 6- and
+/// 4-bit floats are not adapter formats (and candle's F8 → f64 conversion does not terminate).
+const ADAPTER_DTYPES: [safetensors::Dtype; 4] = [
+    safetensors::Dtype::F16,
+    safetensors::Dtype::BF16,
+    safetensors::Dtype::F32,
+    safetensors::Dtype::F64,
+];
+
+/// Refuses an adapter tensor whose dtype is not one of [`ADAPTER_DTYPES`].
+fn check_adapter_dtype(file: &Path, key: &str, dtype: safetensors::Dtype) -> Result<()> {
+    if ADAPTER_DTYPES.contains(&dtype) {
+        return Ok(());
+    }
+    Err(AdapterError::Keys {
+        context: format!("adapter weights `{}`", file.display()),
+        issues: vec![KeyIssue::new(
+            key,
+            "dtype f16, bf16, f32 or f64",
+            format!("dtype {dtype:?}"),
+        )],
+    })
 }
 
 /// Checks dtypes and shapes of one module's tensors against its rank.

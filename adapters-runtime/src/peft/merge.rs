@@ -70,7 +70,7 @@ pub fn merge_checkpoint(
 ) -> Result<MergeReport> {
     let ckpt = AdapterCheckpoint::read(adapter)?;
     let model = BaseModel::open(base)?;
-    check_output(&model, out, options.overwrite)?;
+    check_output(&model, adapter, out, options.overwrite)?;
     let targets = plan(&ckpt, &model)?;
     let total: u64 = model
         .tensors
@@ -93,7 +93,8 @@ pub fn merge_checkpoint(
             write_shard(&model, i, &targets, &staging.path().join(name), &pb)?;
         }
         copy_others(&model, staging.path(), &mut report)?;
-        staging.commit(false)?;
+        // `--force` replaces what the merge writes; other files already in `out` stay.
+        staging.commit(true)?;
     } else {
         write_shard(&model, 0, &targets, out, &pb)?;
     }
@@ -105,34 +106,73 @@ fn byte_len(dtype: Dtype, shape: &[usize]) -> usize {
     shape.iter().product::<usize>() * dtype.bitsize() / 8
 }
 
-/// Refuses to overwrite the base, an existing output (unless asked), or a file with a folder.
-fn check_output(model: &BaseModel, out: &Path, overwrite: bool) -> Result<()> {
-    let refuse = |reason: &str| {
+/// `path` made absolute with symlinks resolved, also when it (but not its parent) does not exist.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    if let Ok(p) = path.canonicalize() {
+        return Some(p);
+    }
+    let name = path.file_name()?;
+    Some(parent_of(path).canonicalize().ok()?.join(name))
+}
+
+/// Refuses an output that is, contains or is inside an input (the base, its shards, the adapter),
+/// an existing output unless asked to replace it (a dangling symlink counts as existing), and a
+/// file where the base is a folder or the other way round.
+fn check_output(model: &BaseModel, adapter: &Path, out: &Path, overwrite: bool) -> Result<()> {
+    let refuse = |reason: String| {
         Err(AdapterError::Output {
             path: out.into(),
-            reason: reason.into(),
+            reason,
         })
     };
     let parent = parent_of(out);
     if !parent.is_dir() {
-        return refuse("its parent folder does not exist");
+        return refuse("its parent folder does not exist".into());
     }
-    let Ok(meta) = std::fs::metadata(out) else {
+    let Some(out_abs) = resolved(out) else {
+        return refuse("cannot be resolved to a path".into());
+    };
+    let mut inputs: Vec<(&str, PathBuf)> = vec![("the base model", model.root.clone())];
+    inputs.extend(
+        model
+            .shards
+            .iter()
+            .map(|(_, f)| ("a base shard", f.path().to_path_buf())),
+    );
+    inputs.push(("the adapter", adapter.to_path_buf()));
+    for (what, input) in inputs {
+        let Some(input) = resolved(&input) else {
+            continue;
+        };
+        if out_abs == input {
+            return refuse(format!("is {what} itself"));
+        }
+        if input.starts_with(&out_abs) {
+            return refuse(format!(
+                "contains {what} (`{}`): replacing it would delete an input",
+                input.display()
+            ));
+        }
+        if out_abs.starts_with(&input) {
+            return refuse(format!("is inside {what} (`{}`)", input.display()));
+        }
+    }
+    let Ok(link) = std::fs::symlink_metadata(out) else {
         return Ok(());
     };
-    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
-    if same(out, &model.root) || model.shards.iter().any(|(_, f)| same(out, f.path())) {
-        return refuse("is the base model itself");
-    }
-    if meta.is_dir() != model.folder {
-        return refuse(if model.folder {
-            "exists and is not a folder, but the base is a model folder"
-        } else {
-            "is a folder, but the base is a single .safetensors file"
-        });
-    }
     if !overwrite {
-        return refuse("exists; pass --force (MergeOptions::overwrite) to replace it");
+        return refuse("exists; pass --force (MergeOptions::overwrite) to replace it".into());
+    }
+    let is_dir = !link.file_type().is_symlink() && link.is_dir();
+    if is_dir != model.folder {
+        return refuse(
+            if model.folder {
+                "exists and is not a folder, but the base is a model folder"
+            } else {
+                "is a folder, but the base is a single .safetensors file"
+            }
+            .into(),
+        );
     }
     Ok(())
 }
