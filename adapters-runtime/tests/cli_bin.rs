@@ -132,3 +132,38 @@ fn bad_input_fails_with_a_message() {
     assert_eq!(o.status.code(), Some(2), "clap rejects the method");
     assert!(text(&o.stderr).contains("qlora"));
 }
+
+/// A closed pipe ends the command quietly (the merge's file is written); a full stdout is an
+/// error naming stdout — never a panic (exit 101).
+#[cfg(unix)]
+#[test]
+fn closed_or_full_stdout_is_handled() {
+    use std::process::Stdio;
+    let dir = fixture("tiny_llama_dora").join("adapter");
+    // Closed pipe: the reader is gone before the command writes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adapters"))
+        .args(["inspect", dir.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(!text(&o.stderr).contains("panicked"), "{}", text(&o.stderr));
+    // Full device.
+    if std::path::Path::new("/dev/full").exists() {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_adapters"))
+            .args(["inspect", dir.to_str().unwrap()])
+            .stdout(full)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        let err = text(&o.stderr);
+        assert!(err.contains("stdout") && !err.contains("panicked"), "{err}");
+    }
+}

@@ -80,9 +80,11 @@ enum DTypeArg {
     F16,
 }
 
-fn run(cli: Cli) -> adapters_runtime::Result<()> {
+/// Runs the command and returns what it prints on stdout.
+fn run(cli: Cli) -> adapters_runtime::Result<String> {
+    let mut report;
     match cli.command {
-        Command::Inspect { dir } => print!("{}", inspect_adapter(&dir)?),
+        Command::Inspect { dir } => report = inspect_adapter(&dir)?.to_string(),
         Command::Merge {
             base,
             adapter,
@@ -95,19 +97,19 @@ fn run(cli: Cli) -> adapters_runtime::Result<()> {
                 progress: !quiet && std::io::stderr().is_terminal(),
             };
             let r = merge_checkpoint(&base, &adapter, &out, &options)?;
-            println!(
-                "merged {} weight(s), passed {} tensor(s) through, wrote {} weights file(s) to {}",
+            report = format!(
+                "merged {} weight(s), passed {} tensor(s) through, wrote {} weights file(s) to {}\n",
                 r.merged.len(),
                 r.passed_through,
                 r.files,
                 r.output.display()
             );
             if !r.copied.is_empty() {
-                println!("copied: {}", r.copied.join(", "));
+                report += &format!("copied: {}\n", r.copied.join(", "));
             }
             if !r.skipped.is_empty() {
-                println!(
-                    "not copied (other weight formats or folders): {}",
+                report += &format!(
+                    "not copied (other weight formats or folders): {}\n",
                     r.skipped.join(", ")
                 );
             }
@@ -135,15 +137,33 @@ fn run(cli: Cli) -> adapters_runtime::Result<()> {
                 },
                 batch_tokens,
             };
-            print!("{}", estimate_training(&cfg, &request)?);
+            report = estimate_training(&cfg, &request)?.to_string();
         }
     }
-    Ok(())
+    Ok(report)
+}
+
+/// Writes the command's report to stdout. A closed pipe (`adapters inspect … | head`) ends the
+/// command quietly; any other failure (a full disk: `> /dev/full`) is an error naming stdout.
+fn print_report(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: writing the report to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(text) => print_report(&text),
         Err(e) => {
             eprintln!("error: {e}");
             let mut source = std::error::Error::source(&e);
