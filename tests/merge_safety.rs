@@ -156,3 +156,25 @@ fn a_dangling_symlink_output_needs_force() {
         .file_type()
         .is_symlink());
 }
+
+#[test]
+fn the_next_merge_removes_what_a_killed_merge_left() {
+    let dir = TempDir::new("stale");
+    let out = dir.join("out.safetensors");
+    // What a `kill -9` during a merge leaves: the hidden partial named after its target.
+    std::fs::write(dir.join(".out.safetensors.Xy12ab.partial"), vec![0u8; 4096]).unwrap();
+    std::fs::create_dir(dir.join("merged")).unwrap();
+    std::fs::write(
+        dir.join(".merged.Qw34cd.partial"),
+        "a folder merge's staging, as a file",
+    )
+    .unwrap();
+    let base = fixture("lora_r4").join("base.safetensors");
+    let ad = fixture("lora_r4").join("adapter");
+    peft::merge_checkpoint(&base, &ad, &out, &FORCE).unwrap();
+    assert_eq!(
+        dir.entries(),
+        [".merged.Qw34cd.partial", "merged", "out.safetensors"],
+        "the stale partial of `out.safetensors` is gone, nothing else touched, no `.tmp*` file"
+    );
+}

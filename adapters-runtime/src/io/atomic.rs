@@ -1,6 +1,8 @@
-//! Atomic writes: a file or a folder is written under a hidden name beside its target, which it
-//! then replaces by `rename`. An interrupted write leaves the previous target intact (and at worst
-//! a hidden `.<name>.*` file or folder beside it).
+//! Atomic writes: a file or a folder is written under a hidden name beside its target,
+//! `.<name>.XXXXXX.partial`, which then replaces the target by `rename`. An interrupted write
+//! leaves the previous target intact and at worst that hidden file or folder beside it. A writer
+//! holds an exclusive lock on its `.partial` while it works, so the next write of the same target
+//! removes the partials that no live writer holds (left by a killed run) and nothing else.
 
 use crate::error::{AdapterError, Result};
 use std::io::Write;
@@ -12,6 +14,8 @@ use tempfile::TempDir;
 pub struct Staging {
     dir: TempDir,
     target: PathBuf,
+    /// The folder opened and locked while staging (see the module docs).
+    _lock: std::fs::File,
 }
 
 /// The folder a path lives in (`.` for a bare name).
@@ -29,18 +33,65 @@ fn hidden_prefix(target: &Path) -> String {
     format!(".{name}.")
 }
 
+/// Removes the `.<name>.*.partial` files and folders beside `target` that no live writer holds
+/// (a writer keeps an exclusive lock on its partial), e.g. those left by a killed run. Anything
+/// else is left alone; a partial that cannot be examined or removed is skipped.
+pub fn remove_stale_partials(target: &Path) {
+    let parent = parent_of(target);
+    let prefix = hidden_prefix(target);
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with(&prefix) && name.ends_with(".partial")) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_symlink() {
+            continue;
+        }
+        let Ok(file) = std::fs::File::open(&path) else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue; // a live writer holds it
+        }
+        let _ = if kind.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+    }
+}
+
+/// Opens `path` (a file or a folder) and takes an exclusive lock on it.
+fn lock(path: &Path) -> Result<std::fs::File> {
+    let file = std::fs::File::open(path).map_err(|e| AdapterError::io("opening", path, e))?;
+    file.lock()
+        .map_err(|e| AdapterError::io("locking", path, e))?;
+    Ok(file)
+}
+
 impl Staging {
-    /// Creates the staging folder beside `target` (its parent folder must exist).
+    /// Creates the staging folder beside `target` (its parent folder must exist), after removing
+    /// stale partials of earlier, killed writes of `target`.
     pub fn new(target: &Path) -> Result<Self> {
         let parent = parent_of(target);
+        remove_stale_partials(target);
         let dir = tempfile::Builder::new()
             .prefix(&hidden_prefix(target))
             .suffix(".partial")
             .tempdir_in(&parent)
             .map_err(|e| AdapterError::io("creating a staging folder in", &parent, e))?;
+        let lock = lock(dir.path())?;
         Ok(Staging {
             dir,
             target: target.to_path_buf(),
+            _lock: lock,
         })
     }
 
@@ -109,15 +160,20 @@ fn move_unstaged(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A hidden temporary file beside `path` (`.<name>.XXXX.partial`), deleted on drop unless
-/// persisted.
+/// A hidden temporary file beside `path` (`.<name>.XXXXXX.partial`), locked while it lives and
+/// deleted on drop unless persisted; stale partials of `path` are removed first.
 pub fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = parent_of(path);
-    tempfile::Builder::new()
+    remove_stale_partials(path);
+    let tmp = tempfile::Builder::new()
         .prefix(&hidden_prefix(path))
         .suffix(".partial")
         .tempfile_in(&dir)
-        .map_err(|e| AdapterError::io("creating a temporary file in", &dir, e))
+        .map_err(|e| AdapterError::io("creating a temporary file in", &dir, e))?;
+    tmp.as_file()
+        .lock()
+        .map_err(|e| AdapterError::io("locking", tmp.path().to_path_buf(), e))?;
+    Ok(tmp)
 }
 
 /// Writes `bytes` to `path` atomically: a hidden temporary file beside it, synced, then renamed.
@@ -172,6 +228,36 @@ mod tests {
         );
         let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "no staging or backup folder remains");
+    }
+
+    #[test]
+    fn stale_partials_are_removed_and_live_ones_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("out.safetensors");
+        let stale_file = root.path().join(".out.safetensors.abc123.partial");
+        let stale_dir = root.path().join(".out.safetensors.def456.partial");
+        let other = root.path().join(".other.safetensors.abc123.partial");
+        let backup = root.path().join(".out.safetensors.ghi789.old");
+        std::fs::write(&stale_file, "killed").unwrap();
+        std::fs::create_dir(&stale_dir).unwrap();
+        std::fs::write(stale_dir.join("x"), "killed").unwrap();
+        std::fs::write(&other, "not ours").unwrap();
+        std::fs::create_dir(&backup).unwrap();
+        // A live writer of the same target.
+        let live = temp_beside(&target).unwrap();
+        write_file_atomic(&target, b"new").unwrap();
+        assert!(
+            !stale_file.exists() && !stale_dir.exists(),
+            "stale partials removed"
+        );
+        assert!(live.path().exists(), "a live writer's partial is kept");
+        assert!(other.exists() && backup.exists(), "nothing else is touched");
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        drop(live);
+        // A staging folder locks itself too.
+        let staged = Staging::new(&root.path().join("adapter")).unwrap();
+        remove_stale_partials(&root.path().join("adapter"));
+        assert!(staged.path().exists(), "a live staging folder is kept");
     }
 
     #[test]

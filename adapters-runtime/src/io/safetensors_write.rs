@@ -124,8 +124,10 @@ impl View for Entry<'_> {
     }
 }
 
-/// Writes `entries` to `path` atomically: a hidden temporary file beside it, renamed over `path`
-/// only when every tensor was written (a lazy tensor's failure leaves `path` as it was).
+/// Writes `entries` to `path` atomically: a hidden, locked temporary file beside it
+/// (`.<name>.XXXXXX.partial`, see [`crate::io::atomic`]), synced, then renamed over `path` only
+/// when every tensor was written (a lazy tensor's failure leaves `path` as it was, and no
+/// temporary file behind).
 pub fn write_file(
     path: &Path,
     entries: Vec<(String, Entry<'_>)>,
@@ -133,22 +135,74 @@ pub fn write_file(
     failure: &Failure,
 ) -> Result<()> {
     let tmp = temp_beside(path)?;
-    safetensors::serialize_to_file(entries, metadata, tmp.path()).map_err(
-        |source| match source {
-            safetensors::SafeTensorError::IoError(e) => AdapterError::io("writing", tmp.path(), e),
-            source => AdapterError::SafeTensors {
-                path: path.into(),
-                source,
-            },
+    serialize_into(tmp.as_file(), entries, metadata).map_err(|e| match e {
+        WriteError::Io(e) => AdapterError::io("writing", tmp.path(), e),
+        WriteError::Format(source) => AdapterError::SafeTensors {
+            path: path.into(),
+            source,
         },
-    )?;
+    })?;
     if let Some(e) = failure.borrow_mut().take() {
         return Err(e);
     }
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| AdapterError::io("syncing", tmp.path(), e))?;
     publish_mode(tmp.path())?;
     tmp.persist(path)
         .map_err(|e| AdapterError::io("renaming into", path, e.error))?;
     Ok(())
+}
+
+/// Why [`serialize_into`] failed.
+enum WriteError {
+    Io(std::io::Error),
+    Format(safetensors::SafeTensorError),
+}
+
+/// The safetensors format into `file`, as `safetensors::serialize_to_file` lays it out (tensors
+/// by descending dtype size, then name; header padded to 8 bytes with spaces), but into a file
+/// we hold — `serialize_to_file` writes its own untracked `.tmpXXXXXX` and renames it.
+fn serialize_into(
+    file: &std::fs::File,
+    mut entries: Vec<(String, Entry<'_>)>,
+    metadata: Option<HashMap<String, String>>,
+) -> std::result::Result<(), WriteError> {
+    use safetensors::tensor::{Metadata, TensorInfo};
+    use std::io::Write;
+    entries.sort_by(|(ln, l), (rn, r)| r.dtype.cmp(&l.dtype).then(ln.cmp(rn)));
+    let mut offset = 0usize;
+    let mut infos = Vec::with_capacity(entries.len());
+    for (name, e) in &entries {
+        let end = offset.checked_add(e.len).ok_or(WriteError::Format(
+            safetensors::SafeTensorError::ValidationOverflow,
+        ))?;
+        let info = TensorInfo {
+            dtype: e.dtype,
+            shape: e.shape.clone(),
+            data_offsets: (offset, end),
+        };
+        infos.push((name.clone(), info));
+        offset = end;
+    }
+    let header = Metadata::new(metadata, infos).map_err(WriteError::Format)?;
+    let mut header = serde_json::to_string(&header)
+        .map_err(|e| {
+            WriteError::Format(safetensors::SafeTensorError::InvalidHeaderDeserialization(
+                e,
+            ))
+        })?
+        .into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let io = WriteError::Io;
+    out.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    out.write_all(&header).map_err(io)?;
+    for (_, e) in &entries {
+        out.write_all(&e.data()).map_err(io)?;
+    }
+    out.flush().map_err(io)
 }
 
 /// Writes in-memory tensors (any device) to `path` with [`write_file`].
