@@ -214,10 +214,7 @@ impl BatchSource for BatchLoader {
     }
 
     fn restore(&mut self, p: &DataPosition) -> Result<()> {
-        if p.sequences != self.sequences.len()
-            || p.fingerprint != self.fingerprint
-            || p.index > p.sequences
-        {
+        if p.sequences != self.sequences.len() || p.fingerprint != self.fingerprint {
             return Err(AdapterError::InvalidArgument {
                 name: "data position".into(),
                 expected: format!(
@@ -226,9 +223,16 @@ impl BatchSource for BatchLoader {
                     self.fingerprint
                 ),
                 actual: format!(
-                    "{} sequences with fingerprint {:016x} (index {}): the training data changed",
-                    p.sequences, p.fingerprint, p.index
+                    "{} sequences with fingerprint {:016x}: the training data changed",
+                    p.sequences, p.fingerprint
                 ),
+            });
+        }
+        if p.index > p.sequences {
+            return Err(AdapterError::InvalidArgument {
+                name: "data position index".into(),
+                expected: format!("at most {} (the number of sequences)", p.sequences),
+                actual: format!("{}: the checkpoint's data position is corrupt", p.index),
             });
         }
         self.seed = p.seed;

@@ -65,7 +65,11 @@ fn step_of(name: &str) -> Option<u64> {
     name.strip_prefix("step-")?.parse().ok()
 }
 
-/// The checkpoint folders under `root`, by step, oldest first.
+/// The files a complete checkpoint holds (it is written into a staging folder and renamed, so a
+/// `step-*` folder missing one of them is not a checkpoint).
+const REQUIRED: [&str; 3] = [STATE_FILE, TRAINABLE_FILE, OPTIMIZER_FILE];
+
+/// The complete checkpoint folders under `root`, by step, oldest first.
 pub fn list_checkpoints(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
     if !root.exists() {
         return Ok(Vec::new());
@@ -77,8 +81,9 @@ pub fn list_checkpoints(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
         let entry = entry.map_err(|e| AdapterError::io("listing checkpoints in", root, e))?;
         let name = entry.file_name();
         if let Some(step) = name.to_str().and_then(step_of) {
-            if entry.path().join(STATE_FILE).is_file() {
-                out.push((step, entry.path()));
+            let dir = entry.path();
+            if REQUIRED.iter().all(|f| dir.join(f).is_file()) {
+                out.push((step, dir));
             }
         }
     }
@@ -91,13 +96,27 @@ pub fn latest_checkpoint(root: &Path) -> Result<Option<PathBuf>> {
     Ok(list_checkpoints(root)?.pop().map(|(_, p)| p))
 }
 
-/// Removes all but the `keep` most advanced checkpoints under `root`.
+/// Removes all but the `keep` most advanced checkpoints under `root`. Each is first renamed to a
+/// hidden `.step-*.deleting` (atomically no longer a checkpoint), then deleted; leftovers of an
+/// interrupted prune are removed by the next one.
 pub fn prune_checkpoints(root: &Path, keep: usize) -> Result<()> {
     let list = list_checkpoints(root)?;
     let n = list.len().saturating_sub(keep);
     for (_, p) in &list[..n] {
-        std::fs::remove_dir_all(p)
-            .map_err(|e| AdapterError::io("removing old checkpoint", p, e))?;
+        let Some(name) = p.file_name() else { continue };
+        let doomed = root.join(format!(".{}.deleting", name.to_string_lossy()));
+        std::fs::rename(p, &doomed)
+            .map_err(|e| AdapterError::io("retiring old checkpoint", p, e))?;
+    }
+    let entries =
+        std::fs::read_dir(root).map_err(|e| AdapterError::io("listing checkpoints in", root, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".step-") && name.ends_with(".deleting") {
+            let p = entry.path();
+            std::fs::remove_dir_all(&p)
+                .map_err(|e| AdapterError::io("removing old checkpoint", &p, e))?;
+        }
     }
     Ok(())
 }

@@ -216,6 +216,14 @@ impl<'a, M: Adapters + ?Sized> Trainer<'a, M> {
     /// the uninterrupted run would have.
     pub fn resume(&mut self, model: &M, data: &mut dyn BatchSource, dir: &Path) -> Result<()> {
         let state = train_state::read_state(dir)?;
+        if state.step > self.config.steps {
+            return Err(AdapterError::Resume {
+                path: dir.to_path_buf(),
+                what: "step".into(),
+                expected: format!("at most {} (the run's `steps`)", self.config.steps),
+                actual: state.step.to_string(),
+            });
+        }
         let before = data.position();
         if let Some(pos) = &state.data {
             data.restore(pos)?;
