@@ -6,7 +6,7 @@ use crate::io::bounded::{
     read_bounded, read_to_string_bounded, MAX_CONFIG_BYTES, MAX_TOKENIZER_BYTES,
 };
 use crate::train::chat::Segment;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// BOS id of the byte-level tokenizer.
 pub const BYTE_BOS: u32 = 256;
@@ -240,10 +240,10 @@ impl Tokenizer {
     }
 }
 
-fn read_config(path: &PathBuf) -> Result<serde_json::Value> {
+fn read_config(path: &Path) -> Result<serde_json::Value> {
     let text = read_to_string_bounded(path, MAX_CONFIG_BYTES, "reading tokenizer config")?;
     serde_json::from_str(&text).map_err(|source| AdapterError::Json {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     })
 }
