@@ -135,6 +135,7 @@ fn skip_bad_lines_counts_them() {
         Path::new("d.jsonl"),
         &JsonlOptions {
             skip_bad_lines: true,
+            ..JsonlOptions::default()
         },
     )
     .unwrap();
@@ -153,6 +154,7 @@ fn skip_bad_lines_counts_them() {
         Path::new("d.jsonl"),
         &JsonlOptions {
             skip_bad_lines: true,
+            ..JsonlOptions::default()
         },
     )
     .unwrap_err();

@@ -3,6 +3,13 @@
 use crate::error::{AdapterError, Result};
 pub use crate::estimate::Method;
 
+/// The largest rank accepted: 2^16 (real adapters use ranks up to a few hundred).
+pub const MAX_RANK: usize = 1 << 16;
+
+/// The most trainable parameters one layer's adapter may have: 2^32 (16 GiB of f32 weights,
+/// before gradients and optimizer state).
+pub const MAX_ADAPTER_PARAMS: usize = 1 << 32;
+
 /// How `lora_A` is initialised (`lora_B` always starts at zero for linear layers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
 pub enum Init {
@@ -88,12 +95,20 @@ impl AdapterConfig {
         }
     }
 
-    /// Checks rank ≥ 1, alpha finite and > 0, dropout in [0, 1); errors name `layer`.
+    /// Checks 1 ≤ rank ≤ [`MAX_RANK`], alpha finite and > 0, dropout in [0, 1); errors name
+    /// `layer`.
     pub fn validate(&self, layer: &str) -> Result<()> {
         if self.rank == 0 {
             return Err(AdapterError::InvalidRank {
                 layer: layer.into(),
                 rank: self.rank,
+            });
+        }
+        if self.rank > MAX_RANK {
+            return Err(AdapterError::RankTooLarge {
+                layer: layer.into(),
+                rank: self.rank,
+                reason: format!("expected at most {MAX_RANK}"),
             });
         }
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
@@ -109,5 +124,23 @@ impl AdapterConfig {
             });
         }
         Ok(())
+    }
+
+    /// The trainable parameters this adapter gives a `[dout, din]` layer (for an embedding,
+    /// `din = vocab`, `dout = dim`), checked before anything is allocated: an
+    /// [`AdapterError::RankTooLarge`] naming `layer` when the count overflows or exceeds
+    /// [`MAX_ADAPTER_PARAMS`]. (PEFT allows `r > min(din, dout)`, and so does this check.)
+    pub fn check_size(&self, layer: &str, din: usize, dout: usize) -> Result<usize> {
+        match crate::estimate::adapter_params(self.method, din, dout, self.rank) {
+            Some(n) if n <= MAX_ADAPTER_PARAMS => Ok(n),
+            n => Err(AdapterError::RankTooLarge {
+                layer: layer.into(),
+                rank: self.rank,
+                reason: format!(
+                    "on a {din} → {dout} layer it needs {} adapter parameters, expected at most {MAX_ADAPTER_PARAMS}",
+                    n.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
+                ),
+            }),
+        }
     }
 }

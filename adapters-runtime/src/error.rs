@@ -18,6 +18,17 @@ pub enum AdapterError {
         /// The rank given.
         rank: usize,
     },
+    /// The rank is above [`crate::adapter_config::MAX_RANK`], or the adapter it gives a layer
+    /// would overflow or exceed [`crate::adapter_config::MAX_ADAPTER_PARAMS`] parameters.
+    #[error("layer `{layer}`: adapter rank {rank} is too large: {reason}")]
+    RankTooLarge {
+        /// Layer path.
+        layer: String,
+        /// The rank given.
+        rank: usize,
+        /// The bound exceeded (expected vs actual).
+        reason: String,
+    },
     /// `alpha` must be finite and strictly positive.
     #[error("layer `{layer}`: lora_alpha must be finite and > 0, got {alpha}")]
     InvalidAlpha {
@@ -144,6 +155,18 @@ pub enum AdapterError {
         /// The underlying I/O error.
         #[source]
         source: std::io::Error,
+    },
+    /// A file is larger than the bound for its kind; it is refused before being read.
+    #[error("{what} `{path}`: the file is {actual} bytes, expected at most {max} bytes")]
+    FileTooLarge {
+        /// What was being read (`adapter config`, `model config`, …).
+        what: String,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The bound, in bytes.
+        max: u64,
+        /// The file's size (or at least this many bytes, when it grew while read).
+        actual: u64,
     },
     /// A JSON file is not valid JSON or does not have the expected fields.
     #[error("file `{path}`: invalid JSON: {source}")]

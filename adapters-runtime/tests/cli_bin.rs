@@ -167,3 +167,33 @@ fn closed_or_full_stdout_is_handled() {
         assert!(err.contains("stdout") && !err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn estimate_overflow_fails_with_a_message() {
+    let cfg = fixture("tiny_llama_dora").join("model/config.json");
+    for (rank, batch_tokens) in [
+        ("4611686018427387904", "4096"),
+        ("16", "18446744073709551615"),
+    ] {
+        let o = adapters(&[
+            "estimate",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--method",
+            "dora",
+            "--rank",
+            rank,
+            "--targets",
+            "q_proj,v_proj",
+            "--batch-tokens",
+            batch_tokens,
+        ]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "rank {rank}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains("overflow") && err.contains(rank),
+            "rank {rank}, batch_tokens {batch_tokens}: {err}"
+        );
+        assert!(o.stdout.is_empty(), "nothing printed on failure");
+    }
+}

@@ -348,6 +348,7 @@ fn adapter_config(args: &Args) -> Res<AdapterConfig> {
 fn load_data(args: &Args) -> Res<(Vec<Example>, Vec<Example>)> {
     let opts = adapters_runtime::train::JsonlOptions {
         skip_bad_lines: args.skip_bad_lines,
+        ..Default::default()
     };
     if let Some(path) = &args.data {
         let ds = load_jsonl(path, &opts)?;

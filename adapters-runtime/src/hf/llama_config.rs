@@ -78,6 +78,26 @@ pub struct LlamaConfig {
     pub eos_token_id: Option<serde_json::Value>,
 }
 
+/// Bound on `hidden_size` (2^20; the largest released models use 2^14–2^15).
+pub const MAX_HIDDEN_SIZE: usize = 1 << 20;
+/// Bound on `intermediate_size` (2^22).
+pub const MAX_INTERMEDIATE_SIZE: usize = 1 << 22;
+/// Bound on `num_hidden_layers` (2^12).
+pub const MAX_LAYERS: usize = 1 << 12;
+/// Bound on `num_attention_heads` and `num_key_value_heads` (2^12).
+pub const MAX_HEADS: usize = 1 << 12;
+/// Bound on `head_dim` (2^12).
+pub const MAX_HEAD_DIM: usize = 1 << 12;
+/// Bound on `vocab_size` (2^24).
+pub const MAX_VOCAB_SIZE: usize = 1 << 24;
+/// Bound on `max_position_embeddings` and `original_max_position_embeddings` (2^26, 64 Mi
+/// positions; RoPE tables are built only for the positions used).
+pub const MAX_POSITIONS: usize = 1 << 26;
+/// Bound on the query and key / value widths, `heads × head_dim` (2^20, as `hidden_size`).
+pub const MAX_ATTENTION_WIDTH: usize = 1 << 20;
+/// Bound on the elements of one weight matrix (`vocab_size × hidden_size`, …): 2^40.
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 40;
+
 fn default_eps() -> f64 {
     1e-6
 }
@@ -87,14 +107,16 @@ fn default_max_pos() -> usize {
 }
 
 impl LlamaConfig {
-    /// Reads and checks a `config.json`; a multimodal config's `text_config` is used when the top
-    /// level has no `hidden_size`.
+    /// Reads and checks a `config.json` (refused unread when larger than
+    /// [`MAX_CONFIG_BYTES`](crate::io::bounded::MAX_CONFIG_BYTES)); a multimodal config's
+    /// `text_config` is used when the top level has no `hidden_size`. Every size is bounded (see
+    /// [`LlamaConfig::validate`]); a bad one is an [`AdapterError::Config`] naming the field.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| AdapterError::Io {
-            what: "reading model config".into(),
-            path: path.into(),
-            source,
-        })?;
+        let text = crate::io::bounded::read_to_string_bounded(
+            path,
+            crate::io::bounded::MAX_CONFIG_BYTES,
+            "reading model config",
+        )?;
         let json = |source| AdapterError::Json {
             path: path.into(),
             source,
@@ -116,22 +138,45 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
-    /// Checks that the dimensions fit together; the error is `(field, expected, actual)`.
+    /// Checks that the dimensions fit together and lie within the bounds ([`MAX_HIDDEN_SIZE`],
+    /// [`MAX_INTERMEDIATE_SIZE`], [`MAX_LAYERS`], [`MAX_HEADS`], [`MAX_HEAD_DIM`],
+    /// [`MAX_VOCAB_SIZE`], [`MAX_POSITIONS`]), and that every product used for a shape fits
+    /// ([`MAX_ATTENTION_WIDTH`], [`MAX_TENSOR_ELEMENTS`]); the error is
+    /// `(field, expected, actual)`.
     pub fn validate(&self) -> std::result::Result<(), (&'static str, String, String)> {
-        for (field, v) in [
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("vocab_size", self.vocab_size),
-        ] {
-            if v == 0 {
-                return Err((field, "at least 1".into(), "0".into()));
+        let mut sizes = vec![
+            ("hidden_size", self.hidden_size, MAX_HIDDEN_SIZE),
+            (
+                "intermediate_size",
+                self.intermediate_size,
+                MAX_INTERMEDIATE_SIZE,
+            ),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
+            ("vocab_size", self.vocab_size, MAX_VOCAB_SIZE),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                MAX_POSITIONS,
+            ),
+        ];
+        if let Some(kv) = self.num_key_value_heads {
+            sizes.push(("num_key_value_heads", kv, MAX_HEADS));
+        }
+        if let Some(d) = self.head_dim {
+            sizes.push(("head_dim", d, MAX_HEAD_DIM));
+        }
+        if let Some(o) = self.rope().original_max_position_embeddings {
+            sizes.push(("original_max_position_embeddings", o, MAX_POSITIONS));
+        }
+        for (field, v, max) in sizes {
+            if v == 0 || v > max {
+                return Err((field, format!("between 1 and {max}"), v.to_string()));
             }
         }
         let nh = self.num_attention_heads;
         let nkv = self.kv_heads();
-        if nh == 0 || nkv == 0 || !nh.is_multiple_of(nkv) {
+        if !nh.is_multiple_of(nkv) {
             return Err((
                 "num_attention_heads",
                 format!("a positive multiple of num_key_value_heads = {nkv}"),
@@ -148,11 +193,70 @@ impl LlamaConfig {
                 nh.to_string(),
             ));
         }
-        if !self.head_dim().is_multiple_of(2) {
+        let hd = self.head_dim();
+        if hd == 0 || hd > MAX_HEAD_DIM || !hd.is_multiple_of(2) {
             return Err((
                 "head_dim",
-                "an even number (RoPE rotates pairs)".into(),
-                self.head_dim().to_string(),
+                format!("an even number between 2 and {MAX_HEAD_DIM} (RoPE rotates pairs)"),
+                hd.to_string(),
+            ));
+        }
+        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let (attn, elems) = (MAX_ATTENTION_WIDTH, MAX_TENSOR_ELEMENTS);
+        let q = nh.saturating_mul(hd);
+        let products = [
+            (
+                "num_attention_heads",
+                "num_attention_heads × head_dim",
+                nh,
+                hd,
+                attn,
+            ),
+            (
+                "num_key_value_heads",
+                "num_key_value_heads × head_dim",
+                nkv,
+                hd,
+                attn,
+            ),
+            ("vocab_size", "vocab_size × hidden_size", v, h, elems),
+            (
+                "intermediate_size",
+                "intermediate_size × hidden_size",
+                i,
+                h,
+                elems,
+            ),
+            (
+                "hidden_size",
+                "hidden_size × num_attention_heads × head_dim",
+                h,
+                q,
+                elems,
+            ),
+        ];
+        for (field, what, a, b, max) in products {
+            match a.checked_mul(b) {
+                Some(p) if p <= max => {}
+                p => {
+                    let p = p.map_or_else(|| "an overflow".to_string(), |p| p.to_string());
+                    return Err((
+                        field,
+                        format!("{what} at most {max}"),
+                        format!("{a} × {b} = {p}"),
+                    ));
+                }
+            }
+        }
+        let theta = self.rope_theta();
+        if !(theta.is_finite() && theta > 0.0) {
+            return Err(("rope_theta", "finite and > 0".into(), theta.to_string()));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            return Err((
+                "rms_norm_eps",
+                "finite and ≥ 0".into(),
+                self.rms_norm_eps.to_string(),
             ));
         }
         match self.rope().rope_type.as_deref() {

@@ -113,12 +113,13 @@ impl<'a> LlamaLayout<'a> {
         Self { config }
     }
 
-    /// `(in, out, bias)` of a projection, by name.
+    /// `(in, out, bias)` of a projection, by name; `None` for an unknown name, or when
+    /// `heads × head_dim` overflows (never for a config that passed [`LlamaConfig::validate`]).
     pub fn projection_dims(&self, name: &str) -> Option<(usize, usize, bool)> {
         let c = self.config;
         let h = c.hidden_size;
-        let q = c.num_attention_heads * c.head_dim();
-        let kv = c.kv_heads() * c.head_dim();
+        let q = c.num_attention_heads.checked_mul(c.head_dim())?;
+        let kv = c.kv_heads().checked_mul(c.head_dim())?;
         let (ab, mb, i) = (c.attention_bias, c.mlp_bias, c.intermediate_size);
         Some(match name {
             "q_proj" => (h, q, ab),
@@ -172,9 +173,14 @@ impl<'a> LlamaLayout<'a> {
         out
     }
 
-    /// Parameters of the RMS norms (two per layer and the final one), which are never adapted.
+    /// Parameters of the RMS norms (two per layer and the final one), which are never adapted;
+    /// saturates at `usize::MAX` (never for a config that passed [`LlamaConfig::validate`]).
     pub fn norm_params(&self) -> usize {
-        (LAYER_NORMS.len() * self.config.num_hidden_layers + 1) * self.config.hidden_size
+        LAYER_NORMS
+            .len()
+            .saturating_mul(self.config.num_hidden_layers)
+            .saturating_add(1)
+            .saturating_mul(self.config.hidden_size)
     }
 
     /// Every tensor of the checkpoint, in checkpoint order.

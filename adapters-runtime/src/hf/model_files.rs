@@ -159,7 +159,11 @@ impl BaseModel {
 
 /// Reads and checks a shard index (shard names must be plain file names).
 fn read_index(path: &Path) -> Result<ShardIndex> {
-    let text = std::fs::read_to_string(path).map_err(|e| AdapterError::io("reading", path, e))?;
+    let text = crate::io::bounded::read_to_string_bounded(
+        path,
+        crate::io::bounded::MAX_CONFIG_BYTES,
+        "reading",
+    )?;
     let index: ShardIndex = serde_json::from_str(&text).map_err(|source| AdapterError::Json {
         path: path.into(),
         source,

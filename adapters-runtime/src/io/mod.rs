@@ -1,7 +1,8 @@
-//! File input and output shared by every writer and reader: atomic writes and progress bars
-//! (public), and the one safetensors reader and writer and text tables (internal).
+//! File input and output shared by every writer and reader: atomic writes, size-bounded reads and
+//! progress bars (public), and the one safetensors reader and writer and text tables (internal).
 
 pub mod atomic;
+pub mod bounded;
 pub mod progress;
 pub(crate) mod safetensors_file;
 pub(crate) mod safetensors_write;

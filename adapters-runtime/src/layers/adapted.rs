@@ -116,9 +116,10 @@ impl<K: LayerKind> Adapted<K> {
         let name = self.name().to_string();
         config.validate(&name)?;
         self.check_base()?;
+        let (din, dout) = self.dims_in_out();
+        config.check_size(&name, din, dout)?;
         let dt = init::adapter_dtype(self.weight.dtype());
         let dev = self.weight.device().clone();
-        let (din, dout) = self.dims_in_out();
         let seed = init::layer_seed(seed, &name);
         let (a, b) = K::init(&config, din, dout, seed, dt, &dev).in_layer(&name)?;
         self.install(config, a, b, None, seed)
@@ -138,6 +139,7 @@ impl<K: LayerKind> Adapted<K> {
         self.check_base()?;
         let dt = init::adapter_dtype(self.weight.dtype());
         let ((din, dout), r) = (self.dims_in_out(), config.rank);
+        config.check_size(&name, din, dout)?;
         let (a_name, b_name) = K::VAR_NAMES;
         check_shape(&name, a_name.trim_end_matches(".weight"), a, &[r, din])?;
         check_shape(&name, b_name.trim_end_matches(".weight"), b, &[dout, r])?;

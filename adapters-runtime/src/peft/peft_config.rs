@@ -95,8 +95,11 @@ pub(crate) fn json_number(v: f64) -> Value {
 impl PeftConfig {
     /// Reads and checks `path` (an `adapter_config.json`).
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| AdapterError::io("reading adapter config", path, e))?;
+        let text = crate::io::bounded::read_to_string_bounded(
+            path,
+            crate::io::bounded::MAX_CONFIG_BYTES,
+            "reading adapter config",
+        )?;
         let config: PeftConfig =
             serde_json::from_str(&text).map_err(|source| AdapterError::Json {
                 path: path.into(),

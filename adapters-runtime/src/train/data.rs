@@ -8,6 +8,7 @@ use crate::seed::mix_seed;
 use crate::train::chat::{Message, ROLES};
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 /// One training example.
@@ -26,11 +27,27 @@ pub enum Example {
     Chat(Vec<Message>),
 }
 
+/// The default bound on one JSONL line: 16 MiB.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 16 << 20;
+
 /// How [`load_jsonl`] treats bad lines.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JsonlOptions {
     /// Skip (and count) bad lines instead of failing on the first one.
     pub skip_bad_lines: bool,
+    /// The longest line accepted, in bytes (without its newline); a longer line is a bad line,
+    /// found without holding more than this many bytes of it. Default
+    /// [`DEFAULT_MAX_LINE_BYTES`].
+    pub max_line_bytes: usize,
+}
+
+impl Default for JsonlOptions {
+    fn default() -> Self {
+        Self {
+            skip_bad_lines: false,
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+        }
+    }
 }
 
 /// A line that was skipped, and why.
@@ -55,27 +72,102 @@ pub struct Dataset {
     pub skipped: Vec<SkippedLine>,
 }
 
-/// Reads a JSONL file of examples (see the module docs for the accepted forms).
+/// Reads a JSONL file of examples (see the module docs for the accepted forms), line by line:
+/// memory holds the examples and at most [`JsonlOptions::max_line_bytes`] of the current line.
 pub fn load_jsonl(path: impl AsRef<Path>, options: &JsonlOptions) -> Result<Dataset> {
     let path = path.as_ref();
-    let bytes =
-        std::fs::read(path).map_err(|e| AdapterError::io("reading training data", path, e))?;
-    parse_jsonl(&bytes, path, options)
+    let file = std::fs::File::open(path)
+        .map_err(|e| AdapterError::io("reading training data", path, e))?;
+    parse_lines(std::io::BufReader::new(file), path, options)
 }
 
 /// Parses JSONL content; `path` names the source in errors.
 pub fn parse_jsonl(bytes: &[u8], path: &Path, options: &JsonlOptions) -> Result<Dataset> {
+    parse_lines(bytes, path, options)
+}
+
+/// What [`next_line`] found.
+enum Line {
+    /// End of input.
+    Eof,
+    /// A line, now in the buffer (without its newline).
+    Read,
+    /// A line longer than the bound: the number of bytes seen (all of it when `skip`, else the
+    /// bound plus one).
+    TooLong(usize),
+}
+
+/// Reads the next line into `buf`, holding at most `max` bytes of it. A longer line is consumed
+/// to its end (without being kept) only when `skip`: an error stops reading at once.
+fn next_line<R: BufRead>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+    skip: bool,
+) -> std::io::Result<Line> {
+    buf.clear();
+    let (mut seen, mut any, mut too_long) = (0usize, false, false);
+    loop {
+        let avail = reader.fill_buf()?;
+        if avail.is_empty() {
+            break;
+        }
+        any = true;
+        let newline = avail.iter().position(|&b| b == b'\n');
+        let piece = &avail[..newline.unwrap_or(avail.len())];
+        let used = newline.map_or(avail.len(), |p| p + 1);
+        seen = seen.saturating_add(piece.len());
+        if !too_long {
+            if seen > max {
+                too_long = true;
+                buf.clear();
+                if !skip {
+                    return Ok(Line::TooLong(seen));
+                }
+            } else {
+                buf.extend_from_slice(piece);
+            }
+        }
+        reader.consume(used);
+        if newline.is_some() {
+            break;
+        }
+    }
+    Ok(match (any, too_long) {
+        (false, _) => Line::Eof,
+        (true, false) => Line::Read,
+        (true, true) => Line::TooLong(seen),
+    })
+}
+
+/// Parses JSONL lines from `reader`; `path` names the source in errors.
+fn parse_lines<R: BufRead>(mut reader: R, path: &Path, options: &JsonlOptions) -> Result<Dataset> {
     let mut ds = Dataset {
         path: path.to_path_buf(),
         examples: Vec::new(),
         lines: Vec::new(),
         skipped: Vec::new(),
     };
-    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = i + 1;
-        let parsed = std::str::from_utf8(raw)
-            .map_err(|e| format!("not valid UTF-8 ({e})"))
-            .map(|s| s.trim_end_matches('\r'));
+    let max = options.max_line_bytes;
+    let mut buf = Vec::new();
+    for line in 1.. {
+        let read = next_line(&mut reader, &mut buf, max, options.skip_bad_lines)
+            .map_err(|e| AdapterError::io("reading training data", path, e))?;
+        let parsed = match read {
+            Line::Eof => break,
+            Line::TooLong(seen) => Err(format!(
+                "the line is longer than max_line_bytes = {max} bytes ({} bytes{})",
+                seen,
+                if options.skip_bad_lines {
+                    ""
+                } else {
+                    " read so far"
+                }
+            )),
+            Line::Read => std::str::from_utf8(&buf)
+                .map_err(|e| format!("not valid UTF-8 ({e})"))
+                .map(|s| s.trim_end_matches('\r')),
+        };
         let parsed = match parsed {
             Ok(s) if s.trim().is_empty() => continue,
             Ok(s) => parse_example(s),

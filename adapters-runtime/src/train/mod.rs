@@ -41,8 +41,8 @@ pub use memory::{estimate_training, EstimateRequest, TrainingEstimate};
 pub use metrics::{EvalMetrics, MetricRecord, MetricsWriter};
 pub use optim::{AdamW, AdamWConfig};
 pub use pack::{
-    encode_chat_prompt, encode_example, encode_prompt, prepare, PackMode, PackOptions, Prepared,
-    Sequence,
+    encode_chat_prompt, encode_example, encode_example_bounded, encode_prompt, prepare, PackMode,
+    PackOptions, Prepared, Sequence,
 };
 pub use schedule::LrSchedule;
 pub use tokenizer::Tokenizer;

@@ -1,6 +1,7 @@
 //! Examples → token ids with a loss mask → training sequences of at most `seq_len + 1` tokens
-//! (`seq_len` inputs, each predicting the next token). Truncation is never silent: every
-//! truncated or dropped example is counted in [`Prepared`].
+//! (`seq_len` inputs, each predicting the next token). Text far longer than a sequence is cut
+//! before tokenizing. Truncation is never silent: every truncated or dropped example, and the
+//! tokens and bytes cut, are counted in [`Prepared`].
 
 use crate::error::{AdapterError, Result};
 use crate::train::chat::{chat_prompt_segments, chat_segments, Message, Segment};
@@ -38,7 +39,56 @@ impl Sequence {
 /// completion and EOS), or `[BOS]` + the chat format (loss on assistant turns). BOS / EOS are
 /// left out when the tokenizer has none.
 pub fn encode_example(tok: &Tokenizer, example: &Example) -> Result<Sequence> {
-    let segments: Vec<(Segment, bool)> = match example {
+    encode_example_bounded(tok, example, usize::MAX).map(|(seq, _)| seq)
+}
+
+/// Text budget per token kept: [`prepare`] cuts an example's text to `(seq_len + 1) ×` this many
+/// bytes before tokenizing it, so a huge example costs no more than one that fills a sequence
+/// (no real tokenizer's tokens average anywhere near 64 bytes).
+pub const MAX_BYTES_PER_TOKEN: usize = 64;
+
+/// The largest char boundary of `s` at or below `at`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    if at >= s.len() {
+        return s.len();
+    }
+    (0..=at).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
+}
+
+/// Cuts the text of `segments` to `max_bytes` in all (at a char boundary); once text is cut, the
+/// segments after it (an EOS included) are dropped, as truncation would drop them. Returns the
+/// bytes of text removed.
+fn cut_segments(segments: &mut Vec<(Segment, bool)>, max_bytes: usize) -> usize {
+    let mut left = max_bytes;
+    for i in 0..segments.len() {
+        let Segment::Text(t) = &mut segments[i].0 else {
+            continue;
+        };
+        if t.len() <= left {
+            left -= t.len();
+            continue;
+        }
+        let keep = floor_char_boundary(t, left);
+        let mut cut = t.len() - keep;
+        t.truncate(keep);
+        for (rest, _) in segments.drain(i + 1..) {
+            if let Segment::Text(r) = rest {
+                cut = cut.saturating_add(r.len());
+            }
+        }
+        return cut;
+    }
+    0
+}
+
+/// [`encode_example`] with the example's text first cut to `max_text_bytes` bytes in all (see
+/// [`MAX_BYTES_PER_TOKEN`]); also returns the bytes cut (0 when the text fit).
+pub fn encode_example_bounded(
+    tok: &Tokenizer,
+    example: &Example,
+    max_text_bytes: usize,
+) -> Result<(Sequence, usize)> {
+    let mut segments: Vec<(Segment, bool)> = match example {
         Example::Text(t) => vec![(Segment::Text(t.clone()), true), (Segment::Eos, true)],
         Example::PromptCompletion { prompt, completion } => vec![
             (Segment::Text(prompt.clone()), false),
@@ -47,6 +97,7 @@ pub fn encode_example(tok: &Tokenizer, example: &Example) -> Result<Sequence> {
         ],
         Example::Chat(messages) => chat_segments(messages),
     };
+    let cut = cut_segments(&mut segments, max_text_bytes);
     let (body, body_mask) = tok.encode_segments(&segments)?;
     let mut seq = Sequence::default();
     if let Some(bos) = tok.bos_id() {
@@ -55,7 +106,7 @@ pub fn encode_example(tok: &Tokenizer, example: &Example) -> Result<Sequence> {
     }
     seq.ids.extend(body);
     seq.mask.extend(body_mask);
-    Ok(seq)
+    Ok((seq, cut))
 }
 
 /// The ids a model continues to complete `prompt`: `[BOS] prompt`.
@@ -107,8 +158,11 @@ pub struct Prepared {
     pub examples: usize,
     /// Examples cut to `seq_len + 1` tokens.
     pub truncated: usize,
-    /// Tokens removed by truncation.
+    /// Tokens removed by truncation (of the text kept after `truncated_bytes` were cut).
     pub truncated_tokens: usize,
+    /// Bytes of text cut before tokenizing, from examples longer than
+    /// `(seq_len + 1) ×` [`MAX_BYTES_PER_TOKEN`] bytes (they are counted in `truncated` too).
+    pub truncated_bytes: usize,
     /// Examples dropped because no loss target survived truncation.
     pub dropped: usize,
     /// Tokens kept, over all sequences.
@@ -121,13 +175,18 @@ impl Prepared {
     /// A one-line report (`120 examples → 120 sequences, 3 truncated (41 tokens), 0 dropped`).
     pub fn summary(&self) -> String {
         format!(
-            "{} examples → {} sequences ({} tokens, {} loss targets); {} truncated ({} tokens cut), {} dropped (no target left)",
+            "{} examples → {} sequences ({} tokens, {} loss targets); {} truncated ({} tokens cut{}), {} dropped (no target left)",
             self.examples,
             self.sequences.len(),
             self.tokens,
             self.targets,
             self.truncated,
             self.truncated_tokens,
+            if self.truncated_bytes > 0 {
+                format!(", and {} bytes of text before tokenizing", self.truncated_bytes)
+            } else {
+                String::new()
+            },
             self.dropped
         )
     }
@@ -142,17 +201,19 @@ pub fn prepare(examples: &[Example], tok: &Tokenizer, options: PackOptions) -> R
             actual: "0".into(),
         });
     }
-    let cap = options.seq_len + 1;
+    let cap = options.seq_len.saturating_add(1);
+    let max_text_bytes = cap.saturating_mul(MAX_BYTES_PER_TOKEN);
     let mut out = Prepared {
         examples: examples.len(),
         ..Prepared::default()
     };
     let mut current = Sequence::default();
     for ex in examples {
-        let mut seq = encode_example(tok, ex)?;
-        if seq.len() > cap {
+        let (mut seq, cut) = encode_example_bounded(tok, ex, max_text_bytes)?;
+        if seq.len() > cap || cut > 0 {
             out.truncated += 1;
-            out.truncated_tokens += seq.len() - cap;
+            out.truncated_tokens += seq.len().saturating_sub(cap);
+            out.truncated_bytes = out.truncated_bytes.saturating_add(cut);
             seq.ids.truncate(cap);
             seq.mask.truncate(cap);
         }

@@ -2,8 +2,11 @@
 //! (256 byte tokens, then BOS, EOS and PAD) when none is given.
 
 use crate::error::{AdapterError, Result};
+use crate::io::bounded::{
+    read_bounded, read_to_string_bounded, MAX_CONFIG_BYTES, MAX_TOKENIZER_BYTES,
+};
 use crate::train::chat::Segment;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// BOS id of the byte-level tokenizer.
 pub const BYTE_BOS: u32 = 256;
@@ -85,8 +88,7 @@ impl Tokenizer {
     /// (`<|begin_of_text|>` / `<s>`, `<|end_of_text|>` / `</s>`, `<pad>`, …); PAD falls back to EOS.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes =
-            std::fs::read(path).map_err(|e| AdapterError::io("reading tokenizer", path, e))?;
+        let bytes = read_bounded(path, MAX_TOKENIZER_BYTES, "reading tokenizer")?;
         let config = path
             .parent()
             .map(|d| d.join("tokenizer_config.json"))
@@ -238,11 +240,10 @@ impl Tokenizer {
     }
 }
 
-fn read_config(path: &PathBuf) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| AdapterError::io("reading tokenizer config", path, e))?;
+fn read_config(path: &Path) -> Result<serde_json::Value> {
+    let text = read_to_string_bounded(path, MAX_CONFIG_BYTES, "reading tokenizer config")?;
     serde_json::from_str(&text).map_err(|source| AdapterError::Json {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     })
 }

@@ -216,10 +216,14 @@ fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>>
     })
 }
 
-/// Reads `trainer_state.json` of a checkpoint.
+/// Reads `trainer_state.json` of a checkpoint (refused unread past 16 MiB).
 pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| AdapterError::io("reading", &path, e))?;
+    let text = crate::io::bounded::read_to_string_bounded(
+        &path,
+        crate::io::bounded::MAX_CONFIG_BYTES,
+        "reading",
+    )?;
     let state: TrainerState = serde_json::from_str(&text).map_err(|source| AdapterError::Json {
         path: path.clone(),
         source,

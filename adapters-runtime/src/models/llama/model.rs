@@ -34,7 +34,9 @@ fn projection(
     mode: BaseMode,
 ) -> candle_core::Result<AdaptedLinear> {
     let (din, dout, bias) = LlamaLayout::new(cfg).projection_dims(name).ok_or_else(|| {
-        candle_core::Error::Msg(format!("no projection `{name}` in a Llama layer"))
+        candle_core::Error::Msg(format!(
+            "no projection `{name}` in a Llama layer (or its width overflows)"
+        ))
     })?;
     let vb = vb.pp(name);
     let path = vb.prefix();
@@ -227,6 +229,7 @@ pub struct Llama {
     #[frozen]
     lm_head: LmHead,
     config: LlamaConfig,
+    rope: Arc<Rope>,
 }
 
 impl Llama {
@@ -272,12 +275,18 @@ impl Llama {
             norm,
             lm_head,
             config: cfg.clone(),
+            rope,
         })
     }
 
     /// The configuration.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
+    }
+
+    /// The rotary tables shared by every layer (built only for the positions used so far).
+    pub fn rope(&self) -> &Rope {
+        &self.rope
     }
 
     /// The base dtype.
