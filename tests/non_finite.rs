@@ -77,7 +77,9 @@ fn expect_non_finite<T: std::fmt::Debug>(r: Result<T>, tensor: &str, count: usiz
     };
     match &e {
         AdapterError::NonFiniteWeights {
-            tensor: t, count: c, ..
+            tensor: t,
+            count: c,
+            ..
         } => assert_eq!((t.as_str(), *c), (tensor, count), "{e}"),
         other => panic!("expected NonFiniteWeights for `{tensor}`, got {other:?}"),
     }
@@ -137,7 +139,11 @@ fn merge_refuses_a_non_finite_merged_weight() {
         other => panic!("expected NonFiniteWeights, got {other:?}"),
     }
     assert!(!out.exists(), "nothing written");
-    assert_eq!(dir.entries(), ["base.safetensors"], "no temporary file left");
+    assert_eq!(
+        dir.entries(),
+        ["base.safetensors"],
+        "no temporary file left"
+    );
 }
 
 #[test]
@@ -152,7 +158,10 @@ fn load_adapter_refuses_a_non_finite_adapter() {
         key,
         1,
     );
-    assert!(m.named_trainable_vars().unwrap().is_empty(), "nothing attached");
+    assert!(
+        m.named_trainable_vars().unwrap().is_empty(),
+        "nothing attached"
+    );
     let allow = LoadOptions {
         allow_non_finite: true,
         ..Default::default()
@@ -164,13 +173,14 @@ fn load_adapter_refuses_a_non_finite_adapter() {
 fn save_adapter_refuses_non_finite_tensors() {
     let dir = TempDir::new("nf-save");
     let mut m = CaseModel::bare("dora_r4", DType::F64, case_config("dora_r4"));
-    peft::load_adapter(&mut m, fixture("dora_r4").join("adapter"), &LoadOptions::default())
-        .unwrap();
+    peft::load_adapter(
+        &mut m,
+        fixture("dora_r4").join("adapter"),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     let vars = m.named_trainable_vars().unwrap();
-    let (name, var) = vars
-        .iter()
-        .find(|(n, _)| n == "fc1.lora_B.weight")
-        .unwrap();
+    let (name, var) = vars.iter().find(|(n, _)| n == "fc1.lora_B.weight").unwrap();
     let good = var.as_tensor().copy().unwrap();
     var.set(&poisoned(&good, 3, f64::NAN)).unwrap();
     let out = dir.join("adapter");
@@ -205,7 +215,8 @@ fn save_adapter_refuses_non_finite_tensors() {
 #[test]
 fn save_model_folder_refuses_non_finite_tensors() {
     let dir = TempDir::new("nf-folder");
-    let cfg = LlamaConfig::from_file(&fixture("tiny_llama_dora").join("model/config.json")).unwrap();
+    let cfg =
+        LlamaConfig::from_file(&fixture("tiny_llama_dora").join("model/config.json")).unwrap();
     let good = Tensor::ones((4, 3), DType::F32, &test_device()).unwrap();
     let bad = poisoned(&good, 5, f64::NAN);
     let tensors = vec![
@@ -352,14 +363,23 @@ fn dora_linear_with_zero_rows_is_finite_and_matches_peft_where_the_norm_is_posit
     l.attach(cfg, 3).unwrap();
     let y = l.forward(&x).unwrap();
     assert_finite("fresh forward", &y);
-    assert_close("fresh = base", &y, &x.matmul(&w0.t().unwrap()).unwrap(), 1e-12);
+    assert_close(
+        "fresh = base",
+        &y,
+        &x.matmul(&w0.t().unwrap()).unwrap(),
+        1e-12,
+    );
     let vars = l.named_vars();
     finite_grads("fresh", &y.sqr().unwrap().sum_all().unwrap(), &vars);
 
     // Trained-looking weights: lora_B's row 1 is zero (so n = 0 there with m = 0.7), row 3 is not
     // (n > 0 although W0's row is zero, and m = 0 there: scale 0).
     let a = peft_support::rand_tensor(4, &[r, din], 0.5, DType::F64);
-    let b = zero_lines(&peft_support::rand_tensor(5, &[dout, r], 0.5, DType::F64), &[1], 0);
+    let b = zero_lines(
+        &peft_support::rand_tensor(5, &[dout, r], 0.5, DType::F64),
+        &[1],
+        0,
+    );
     let m = Tensor::new(&[0.9f64, 0.7, 1.3, 0.0, 0.4], &dev).unwrap();
     let mut l = AdaptedLinear::new(w0.clone(), None).with_path("o_proj");
     l.attach_weights(cfg, &a, &b, Some(&m)).unwrap();
@@ -370,14 +390,22 @@ fn dora_linear_with_zero_rows_is_finite_and_matches_peft_where_the_norm_is_posit
 
     let y = l.forward(&x).unwrap();
     assert_finite("forward", &y);
-    assert_close("forward = PEFT's formula (n > 0), 0 (n = 0)", &y, &y_ref, 1e-12);
+    assert_close(
+        "forward = PEFT's formula (n > 0), 0 (n = 0)",
+        &y,
+        &y_ref,
+        1e-12,
+    );
     let vars = l.named_vars();
     // A linear loss, so that rows whose output is 0 still get a gradient.
     let c = peft_support::rand_tensor(6, y.dims(), 1.0, DType::F64);
     let loss = (&y * &c).unwrap().sum_all().unwrap();
     let grads = finite_grads("trained", &loss, &vars);
     let gm: Vec<f64> = grads[2].to_vec1().unwrap();
-    assert_eq!(gm[1], 0.0, "the zero-norm row's output does not depend on m");
+    assert_eq!(
+        gm[1], 0.0,
+        "the zero-norm row's output does not depend on m"
+    );
     assert!(gm[3] != 0.0, "m gets a gradient where n > 0 and m = 0");
 
     let merged = l.merged_weight_tensor().unwrap();
@@ -388,7 +416,12 @@ fn dora_linear_with_zero_rows_is_finite_and_matches_peft_where_the_norm_is_posit
     l.unmerge().unwrap();
     assert_finite("unmerged", l.weight());
     assert_close("unmerge restores W0", l.weight(), &w0, 1e-12);
-    assert_close("forward after unmerge", &l.forward(&x).unwrap(), &y_ref, 1e-12);
+    assert_close(
+        "forward after unmerge",
+        &l.forward(&x).unwrap(),
+        &y_ref,
+        1e-12,
+    );
 }
 
 #[test]
@@ -406,7 +439,15 @@ fn unmerge_restores_rows_whose_magnitude_is_zero() {
     l.merge().unwrap();
     let row1 = cpu(l.weight()).get(1).unwrap();
     assert_eq!(non_finite(&row1), 0);
-    assert_eq!(row1.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap(), 0.0);
+    assert_eq!(
+        row1.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap(),
+        0.0
+    );
     l.unmerge().unwrap();
     assert_finite("unmerged", l.weight());
     assert_close("unmerge restores W0", l.weight(), &w0, 1e-12);
@@ -449,11 +490,19 @@ fn dora_embedding_with_zero_columns_is_finite_and_matches_peft_elsewhere() {
     assert_finite("fresh forward", &y);
     let base = e0.index_select(&ids.flatten_all().unwrap(), 0).unwrap();
     assert_close("fresh = base", &y.reshape((6, dim)).unwrap(), &base, 1e-12);
-    finite_grads("fresh", &y.sqr().unwrap().sum_all().unwrap(), &e.named_vars());
+    finite_grads(
+        "fresh",
+        &y.sqr().unwrap().sum_all().unwrap(),
+        &e.named_vars(),
+    );
 
     // Given weights: B's row 2 is zero (n = 0 there), the others are not.
     let a = peft_support::rand_tensor(22, &[r, vocab], 0.5, DType::F64);
-    let b = zero_lines(&peft_support::rand_tensor(23, &[dim, r], 0.5, DType::F64), &[2], 0);
+    let b = zero_lines(
+        &peft_support::rand_tensor(23, &[dim, r], 0.5, DType::F64),
+        &[2],
+        0,
+    );
     let m = Tensor::new(&[0.8f64, 1.1, 0.6, 0.9], &dev).unwrap();
     let mut e = AdaptedEmbedding::new(e0.clone()).with_path("embed_tokens");
     e.attach_weights(cfg, &a, &b, Some(&m)).unwrap();
@@ -461,12 +510,24 @@ fn dora_embedding_with_zero_columns_is_finite_and_matches_peft_elsewhere() {
     let scale = reference_scale(&v.t().unwrap(), &m);
     let merged_ref = v.broadcast_mul(&scale.unsqueeze(0).unwrap()).unwrap();
     let y_ref = merged_ref
-        .index_select(&ids.flatten_all().unwrap().to_device(&Device::Cpu).unwrap(), 0)
+        .index_select(
+            &ids.flatten_all().unwrap().to_device(&Device::Cpu).unwrap(),
+            0,
+        )
         .unwrap();
     let y = e.forward(&ids).unwrap();
     assert_close("forward", &y.reshape((6, dim)).unwrap(), &y_ref, 1e-12);
-    finite_grads("given", &y.sqr().unwrap().sum_all().unwrap(), &e.named_vars());
-    assert_close("merged", &e.merged_weight_tensor().unwrap(), &merged_ref, 1e-12);
+    finite_grads(
+        "given",
+        &y.sqr().unwrap().sum_all().unwrap(),
+        &e.named_vars(),
+    );
+    assert_close(
+        "merged",
+        &e.merged_weight_tensor().unwrap(),
+        &merged_ref,
+        1e-12,
+    );
     e.merge().unwrap();
     e.unmerge().unwrap();
     assert_close("unmerge restores E", e.embeddings(), &e0, 1e-12);
@@ -476,15 +537,27 @@ fn dora_embedding_with_zero_columns_is_finite_and_matches_peft_elsewhere() {
 fn training_dora_over_zero_rows_stays_finite() {
     let dt = DType::F32;
     let (din, dout, vocab) = (8, 6, 10);
-    let w0 = zero_lines(&peft_support::rand_tensor(31, &[dout, din], 0.5, dt), &[0, 4], 0);
-    let e0 = zero_lines(&peft_support::rand_tensor(32, &[vocab, din], 0.5, dt), &[3], 1);
+    let w0 = zero_lines(
+        &peft_support::rand_tensor(31, &[dout, din], 0.5, dt),
+        &[0, 4],
+        0,
+    );
+    let e0 = zero_lines(
+        &peft_support::rand_tensor(32, &[vocab, din], 0.5, dt),
+        &[3],
+        1,
+    );
     let mut lin = AdaptedLinear::new(w0, None).with_path("o_proj");
     lin.attach(AdapterConfig::dora(2, 4.0).with_dropout(0.1), 1)
         .unwrap();
     lin.set_training(true);
     let mut emb = AdaptedEmbedding::new(e0).with_path("embed_tokens");
     emb.attach(AdapterConfig::dora(2, 4.0), 2).unwrap();
-    let vars: Vec<(String, Var)> = lin.named_vars().into_iter().chain(emb.named_vars()).collect();
+    let vars: Vec<(String, Var)> = lin
+        .named_vars()
+        .into_iter()
+        .chain(emb.named_vars())
+        .collect();
     let mut opt = AdamW::new(
         vars.iter().map(|(_, v)| v.clone()).collect(),
         ParamsAdamW {

@@ -11,7 +11,11 @@ pub fn non_finite_count(t: &Tensor) -> candle_core::Result<usize> {
     }
     // x − x is 0 for finite x and NaN for NaN and ±Inf; NaN is the only value ≠ itself.
     let d = (t - t)?;
-    let bad = d.ne(&d)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?;
+    let bad = d
+        .ne(&d)?
+        .to_dtype(DType::U32)?
+        .sum_all()?
+        .to_scalar::<u32>()?;
     Ok(bad as usize)
 }
 

@@ -230,9 +230,8 @@ fn write_shard(
         let entry = match targets.get(name) {
             Some(ad) => {
                 let (dtype, shape) = (view.dtype(), view.shape().to_vec());
-                let make = Box::new(move || {
-                    merged_bytes(&view, ad, file.path(), name, allow_non_finite)
-                });
+                let make =
+                    Box::new(move || merged_bytes(&view, ad, file.path(), name, allow_non_finite));
                 Entry::new(dtype, shape, Source::Lazy(make), &failure, Some(pb))
             }
             None => Entry::view(view, &failure, Some(pb)),
