@@ -2,6 +2,9 @@
 //! training checkpoints, model folders), and DoRA over bases with all-zero rows stays finite and
 //! equals PEFT's formula wherever that is finite. On `ADAPTERS_TEST_DEVICE` (default `cpu`).
 
+// Both helper modules include `tests/common/device.rs`, as when their own test files use them.
+#![allow(clippy::duplicate_mod)]
+
 mod peft_support;
 mod train_support;
 

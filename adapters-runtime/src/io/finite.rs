@@ -9,10 +9,10 @@ pub fn non_finite_count(t: &Tensor) -> candle_core::Result<usize> {
     if !t.dtype().is_float() {
         return Ok(0);
     }
-    // x − x is 0 for finite x and NaN for NaN and ±Inf; NaN is the only value ≠ itself.
-    let d = (t - t)?;
-    let bad = d
-        .ne(&d)?
+    // 0·x is 0 for finite x and NaN for NaN and ±Inf.
+    let zeroed = t.affine(0.0, 0.0)?;
+    let bad = zeroed
+        .ne(0.0)?
         .to_dtype(DType::U32)?
         .sum_all()?
         .to_scalar::<u32>()?;
