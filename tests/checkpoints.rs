@@ -736,6 +736,7 @@ fn export_for_python_peft() {
     let mo = peft::MergeOptions {
         overwrite: true,
         progress: false,
+        allow_non_finite: false,
     };
     peft::merge_checkpoint(
         &fixture("tiny_llama_dora").join("model"),

@@ -19,6 +19,7 @@ use std::path::Path;
 const OPTS: MergeOptions = MergeOptions {
     overwrite: false,
     progress: false,
+    allow_non_finite: false,
 };
 
 /// Checks a merged checkpoint against PEFT's: adapted weights within `tol`, everything else
@@ -472,6 +473,7 @@ fn merge_output_rules() {
     let force = MergeOptions {
         overwrite: true,
         progress: false,
+        allow_non_finite: false,
     };
     assert_fails(
         &dir,

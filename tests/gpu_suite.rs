@@ -7,7 +7,8 @@
 //! f16), the layers (merge, dropout, no base gradient, training), the DoRA norm, the Llama
 //! fixture, PEFT checkpoints (save / load), the training loop and the trainer's numerics, the
 //! `nn` drop-ins (forwards against candle's fused ops, gradients against finite differences and
-//! the unfused compositions) and a forked candle-transformers Llama trained with them.
+//! the unfused compositions), a forked candle-transformers Llama trained with them, and the
+//! non-finite-weight refusals and DoRA over all-zero base rows.
 
 // Each test file declares its own helper module (`mod common;`, …), as when built alone.
 #![allow(clippy::duplicate_mod)]
@@ -28,6 +29,8 @@ mod nn_layers;
 mod nn_ops;
 #[path = "nn_rope_tables.rs"]
 mod nn_rope_tables;
+#[path = "non_finite.rs"]
+mod non_finite;
 #[path = "peft_fixtures.rs"]
 mod peft_fixtures;
 #[path = "train_loop.rs"]

@@ -275,6 +275,20 @@ pub enum AdapterError {
         /// The last checkpoint written before the failure, if any.
         last_checkpoint: Option<std::path::PathBuf>,
     },
+    /// A tensor about to be written or used holds NaN or infinite values.
+    #[error("{what}: tensor `{tensor}` holds {count} non-finite value(s) (NaN or ±Inf) of {total}; refusing to write or use non-finite weights{hint}")]
+    NonFiniteWeights {
+        /// What was being done (`merging adapter … into …`, `saving adapter to …`, …).
+        what: String,
+        /// The tensor's name (checkpoint key or layer path).
+        tensor: String,
+        /// How many of its values are NaN or infinite.
+        count: usize,
+        /// Its number of values.
+        total: usize,
+        /// How to allow them anyway, when the operation can (` (pass --allow-non-finite …)`).
+        hint: String,
+    },
     /// A training checkpoint does not match the run that resumes from it.
     #[error("checkpoint `{path}`: {what} is {actual}, expected {expected}")]
     Resume {

@@ -197,3 +197,51 @@ fn estimate_overflow_fails_with_a_message() {
         assert!(o.stdout.is_empty(), "nothing printed on failure");
     }
 }
+
+#[test]
+fn merge_refuses_a_nan_adapter_unless_allowed() {
+    use adapters_runtime::candle_core::{safetensors, DType, Device, Tensor};
+    let tmp = tempfile::tempdir().unwrap();
+    let adapter = tmp.path().join("adapter");
+    std::fs::create_dir(&adapter).unwrap();
+    let src = fixture("dora_r4").join("adapter");
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(src.join(f), adapter.join(f)).unwrap();
+    }
+    // One NaN in fc1's lora_A.
+    let file = adapter.join("adapter_model.safetensors");
+    let mut t = safetensors::load(&file, &Device::Cpu).unwrap();
+    let key = "base_model.model.fc1.lora_A.weight";
+    let a = &t[key];
+    let flat = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+    let mut x = flat.to_vec1::<f64>().unwrap();
+    x[0] = f64::NAN;
+    let p = Tensor::from_vec(x, a.dims(), &Device::Cpu).unwrap();
+    t.insert(key.into(), p.to_dtype(a.dtype()).unwrap());
+    safetensors::save(&t, &file).unwrap();
+
+    let base = fixture("dora_r4").join("base.safetensors");
+    let out = tmp.path().join("merged.safetensors");
+    let args = [
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let o = adapters(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains(key) && err.contains("non-finite") && err.contains("--allow-non-finite"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing written");
+    let mut allowed = args.to_vec();
+    allowed.push("--allow-non-finite");
+    let o = adapters(&allowed);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(out.is_file());
+}

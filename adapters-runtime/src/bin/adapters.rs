@@ -42,6 +42,10 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Write the merged weights even if the adapter or a merged weight holds NaN / ±Inf
+        /// values (by default the merge fails naming the tensor, and nothing is written).
+        #[arg(long)]
+        allow_non_finite: bool,
     },
     /// Estimates the training memory of adapting an HF (Llama-family) model.
     Estimate {
@@ -91,10 +95,12 @@ fn run(cli: Cli) -> adapters_runtime::Result<String> {
             out,
             force,
             quiet,
+            allow_non_finite,
         } => {
             let options = MergeOptions {
                 overwrite: force,
                 progress: !quiet && std::io::stderr().is_terminal(),
+                allow_non_finite,
             };
             let r = merge_checkpoint(&base, &adapter, &out, &options)?;
             report = format!(

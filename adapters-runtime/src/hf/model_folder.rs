@@ -4,6 +4,7 @@
 use crate::error::{AdapterError, Result};
 use crate::hf::llama_config::LlamaConfig;
 use crate::io::atomic::Staging;
+use crate::io::finite::check_finite;
 use crate::io::safetensors_write::{pt_metadata, write_tensors};
 use candle_core::{DType, Tensor};
 use std::path::{Path, PathBuf};
@@ -20,13 +21,18 @@ fn torch_dtype(dt: DType) -> &'static str {
 
 /// Writes `tensors` and `config` as an HF Llama folder (`config.json` with `architectures`,
 /// `model_type`, `hidden_act` and `torch_dtype` filled in, and `model.safetensors`), atomically;
-/// `extra` files (e.g. `tokenizer.json`) are copied in.
+/// `extra` files (e.g. `tokenizer.json`) are copied in. A tensor holding NaN / ±Inf fails with
+/// [`AdapterError::NonFiniteWeights`] naming it, before anything is written.
 pub fn save_model_folder(
     dir: &Path,
     config: &LlamaConfig,
     tensors: &[(String, Tensor)],
     extra: &[PathBuf],
 ) -> Result<()> {
+    let what = format!("saving model folder `{}`", dir.display());
+    for (name, t) in tensors {
+        check_finite(t, &what, name, "")?;
+    }
     let staging = Staging::new(dir)?;
     let cfg_path = staging.path().join("config.json");
     let json_err = |source| AdapterError::Json {

@@ -253,18 +253,29 @@ impl<K: LayerKind> Adapted<K> {
         }
     }
 
-    /// `(merged base, DoRA norm)`: `W0 + s·B·A` (LoRA) or `(m/n) ⊙ (W0 + s·B·A)` (DoRA), computed in
-    /// the adapter dtype and returned in the base dtype.
-    fn merged_base(&self, ad: &Adapter) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    /// The merged base: `W0 + s·B·A` (LoRA) or `(m/n) ⊙ (W0 + s·B·A)` (DoRA, with the zero-norm
+    /// rule of [`dora_scale`](crate::layers::dora_norm::dora_scale)), computed in the adapter
+    /// dtype and returned in the base dtype; with `for_unmerge`, also what unmerge needs.
+    fn merged_base(&self, ad: &Adapter, for_unmerge: bool) -> candle_core::Result<MergedBase> {
         let dt = ad.dtype();
         let full = (self.weight.to_dtype(dt)? + K::delta_in_base_layout(ad.delta()?)?)?;
         if !ad.is_dora() {
-            return Ok((full.to_dtype(self.weight.dtype())?, None));
+            let weight = full.to_dtype(self.weight.dtype())?;
+            return Ok(MergedBase::plain(weight));
         }
         let norm = self.norm_of(ad)?;
         let scale = ad.magnitude_scale(&norm)?.detach();
         let merged = full.broadcast_mul(&scale.unsqueeze(1 - K::OUT_AXIS)?)?;
-        Ok((merged.to_dtype(self.weight.dtype())?, Some(norm)))
+        let lost = if for_unmerge {
+            lost_rows(&full, &scale, K::OUT_AXIS)?
+        } else {
+            None
+        };
+        Ok(MergedBase {
+            weight: merged.to_dtype(self.weight.dtype())?,
+            norm: Some(norm),
+            lost,
+        })
     }
 
     /// Folds the adapter into the base weight (see [`Adapted::merged_weight_tensor`]).
@@ -281,15 +292,18 @@ impl<K: LayerKind> Adapted<K> {
                 reason: "already merged".into(),
             });
         }
-        let (merged, norm) = self.merged_base(ad).in_layer(&name)?;
-        self.weight = merged;
+        let merged = self.merged_base(ad, true).in_layer(&name)?;
+        self.weight = merged.weight;
         let ad = self.adapter_mut("merge")?;
-        ad.merged_norm = norm;
+        ad.merged_norm = merged.norm;
+        ad.merged_lost = merged.lost;
         ad.merged = true;
         Ok(())
     }
 
-    /// Restores `W0` from the merged weight (to floating-point tolerance).
+    /// Restores `W0` from the merged weight (to floating-point tolerance). DoRA outputs whose scale
+    /// was 0 at merge (`m = 0`, where the merged weight is zero) are restored from rows kept by
+    /// [`Adapted::merge`], so unmerging never divides by zero.
     pub fn unmerge(&mut self) -> Result<()> {
         let name = self.name().to_string();
         let ad = self.adapter.as_ref().ok_or(AdapterError::NotAttached {
@@ -308,16 +322,25 @@ impl<K: LayerKind> Adapted<K> {
             let w = match (&ad.merged_norm, ad.is_dora()) {
                 (Some(norm), true) => {
                     let scale = ad.magnitude_scale(norm)?.detach();
-                    w.broadcast_div(&scale.unsqueeze(1 - K::OUT_AXIS)?)?
+                    // Rows with scale 0 are divided by 1 here and restored below.
+                    let safe = scale.ne(0.0)?.where_cond(&scale, &scale.ones_like()?)?;
+                    w.broadcast_div(&safe.unsqueeze(1 - K::OUT_AXIS)?)?
                 }
                 _ => w,
             };
-            (w - K::delta_in_base_layout(ad.delta()?)?)?.to_dtype(self.weight.dtype())
+            let w = (w - K::delta_in_base_layout(ad.delta()?)?)?;
+            let w = match &ad.merged_lost {
+                // Those rows of `w` hold 0 − s·B·A; adding the kept W0 + s·B·A gives W0.
+                Some((idx, rows)) => w.index_add(idx, rows, K::OUT_AXIS)?,
+                None => w,
+            };
+            w.to_dtype(self.weight.dtype())
         };
         self.weight = restore().in_layer(&name)?;
         let ad = self.adapter_mut("unmerge")?;
         ad.merged = false;
         ad.merged_norm = None;
+        ad.merged_lost = None;
         Ok(())
     }
 
@@ -325,8 +348,46 @@ impl<K: LayerKind> Adapted<K> {
     /// current base when bare or already merged.
     pub fn merged_weight_tensor(&self) -> Result<Tensor> {
         match &self.adapter {
-            Some(ad) if !ad.merged => Ok(self.merged_base(ad).in_layer(self.name())?.0),
+            Some(ad) if !ad.merged => Ok(self.merged_base(ad, false).in_layer(self.name())?.weight),
             _ => Ok(self.weight.clone()),
         }
     }
+}
+
+/// What [`Adapted::merge`] computes: the merged weight, the DoRA norm and the zero-scale rows.
+struct MergedBase {
+    weight: Tensor,
+    norm: Option<Tensor>,
+    lost: Option<(Tensor, Tensor)>,
+}
+
+impl MergedBase {
+    fn plain(weight: Tensor) -> Self {
+        Self {
+            weight,
+            norm: None,
+            lost: None,
+        }
+    }
+}
+
+/// The outputs (along `axis` of `full = W0 + s·B·A`) whose DoRA scale is 0 and their rows of
+/// `full`, which the merged weight loses; `None` when every scale is non-zero (the usual case).
+fn lost_rows(
+    full: &Tensor,
+    scale: &Tensor,
+    axis: usize,
+) -> candle_core::Result<Option<(Tensor, Tensor)>> {
+    let zero = scale.eq(0.0)?.to_vec1::<u8>()?;
+    let idx: Vec<u32> = (0u32..)
+        .zip(&zero)
+        .filter(|(_, z)| **z != 0)
+        .map(|(i, _)| i)
+        .collect();
+    if idx.is_empty() {
+        return Ok(None);
+    }
+    let idx = Tensor::new(idx.as_slice(), full.device())?;
+    let rows = full.index_select(&idx, axis)?;
+    Ok(Some((idx, rows)))
 }

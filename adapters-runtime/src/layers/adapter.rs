@@ -25,6 +25,10 @@ pub struct Adapter {
     pub(crate) base_sq: Option<Tensor>,
     /// The norm used when merging, kept to unmerge exactly as PEFT does.
     pub(crate) merged_norm: Option<Tensor>,
+    /// Outputs whose DoRA scale was 0 when merging (`m = 0`), as `(indices [k] u32, rows of
+    /// W0 + s·B·A [k] along the output axis)`: the merged weight is zero there, so unmerge restores
+    /// them from here instead of dividing by 0. `None` when there are none.
+    pub(crate) merged_lost: Option<(Tensor, Tensor)>,
     pub(crate) merged: bool,
     pub(crate) enabled: bool,
     pub(crate) training: bool,
@@ -42,6 +46,7 @@ impl Clone for Adapter {
             magnitude: self.magnitude.clone(),
             base_sq: self.base_sq.clone(),
             merged_norm: self.merged_norm.clone(),
+            merged_lost: self.merged_lost.clone(),
             merged: self.merged,
             enabled: self.enabled,
             training: self.training,
@@ -61,6 +66,7 @@ impl Adapter {
             magnitude: None,
             base_sq: None,
             merged_norm: None,
+            merged_lost: None,
             merged: false,
             enabled: true,
             training: false,
@@ -184,13 +190,14 @@ impl Adapter {
         )
     }
 
-    /// `m / n` in the adapter dtype; carries the magnitude's gradient.
+    /// `m / n` in the adapter dtype, and 1 where `n = 0` (see [`dora_norm::dora_scale`]);
+    /// carries the magnitude's gradient.
     pub(crate) fn magnitude_scale(&self, norm: &Tensor) -> candle_core::Result<Tensor> {
         let m = self
             .magnitude
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("DoRA magnitude missing".into()))?;
-        m.as_tensor() / norm
+        dora_norm::dora_scale(m.as_tensor(), norm)
     }
 
     /// `s·B·A` (`[out, in]`), detached — for merging only.

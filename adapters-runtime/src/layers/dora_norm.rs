@@ -10,6 +10,8 @@
 //!
 //! For an embedding table `E [vocab, dim]` (A `[r, vocab]`, B `[dim, r]`) the same formula applies
 //! to `W = Eᵀ`: the norm runs over the vocab axis, one value per embedding dimension.
+//!
+//! [`dora_scale`] turns the norm into DoRA's scale `m / n`, with the zero-norm rule.
 
 use candle_core::{DType, Tensor, D};
 
@@ -114,4 +116,28 @@ pub fn factored_norm(
     let sq = (b.matmul(&aat)? * &b)?.sum(D::Minus1)?;
     let n2 = ((base_sq + (cross * (2.0 * s))?)? + (sq * (s * s))?)?;
     n2.relu()?.sqrt()?.detach().contiguous()
+}
+
+/// DoRA's per-output scale from the magnitude `m [out]` and the detached norm `n [out]`:
+///
+/// ```text
+/// scale = m / n   where n > 0   (PEFT's `magnitude / weight_norm`, bit for bit)
+/// scale = 1       where n = 0   (and where n is NaN)
+/// ```
+///
+/// `n = 0` means the whole row of `V = W0 + s·B·A` is zero (e.g. the all-zero rows real
+/// checkpoints have, right after attach), so the DoRA row `(m/n)·V` is `0/0`: PEFT 0.21 returns
+/// NaN there and the NaN spreads through the layer, its gradients and every merged weight. Any
+/// finite scale gives that row its only sensible output, `0` (the base's), because `V` is zero;
+/// `1` is the value of `m/n` everywhere else at attach (`m = ‖W0‖ = n`), so DoRA starts exactly
+/// as LoRA on every row, zero rows included, and `B·A` gets the LoRA gradient there, which moves
+/// the row off zero; from then on `n > 0` and the PEFT formula applies. The magnitude gets a
+/// zero (finite) gradient on such a row: its output does not depend on it.
+///
+/// The result carries `m`'s gradient; only `[out]`-sized operations are added.
+pub fn dora_scale(m: &Tensor, n: &Tensor) -> candle_core::Result<Tensor> {
+    let positive = n.gt(0.0)?;
+    let ones = n.ones_like()?;
+    let safe = positive.where_cond(n, &ones)?;
+    positive.where_cond(&(m / safe)?, &ones)
 }

@@ -12,7 +12,9 @@ use candle_core::Tensor;
 ///
 /// * LoRA: `y = E[ids] + s·Aᵀ[ids]·Bᵀ`
 /// * DoRA: `y = (m/n) ⊙ (E[ids] + s·Aᵀ[ids]·Bᵀ)` with `n = ‖E + s·Aᵀ·Bᵀ‖` over the vocab axis
-///   (one value per embedding dimension), detached.
+///   (one value per embedding dimension), detached; where `n = 0` (an all-zero column of
+///   `E + s·Aᵀ·Bᵀ`) the scale is `1` instead of PEFT's NaN `0/0`, as for
+///   [`AdaptedLinear`](crate::AdaptedLinear).
 ///
 /// PEFT applies no dropout to embedding adapters; neither does this layer.
 pub type AdaptedEmbedding = Adapted<EmbeddingBase>;

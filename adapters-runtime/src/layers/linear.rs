@@ -14,6 +14,12 @@ use candle_core::Tensor;
 /// * DoRA: `y = (m/n) ⊙ (x·W0ᵀ + s·(x·Aᵀ)·Bᵀ) + b` with `n = ‖W0 + s·B·A‖` per row, detached; with
 ///   dropout in training, PEFT's form `x·W0ᵀ + b + (m/n − 1) ⊙ drop(x)·W0ᵀ + (m/n) ⊙ s·(drop(x)·Aᵀ)·Bᵀ`.
 ///
+/// Zero norms: where a row of `W0 + s·B·A` is all zero (`n = 0`; real checkpoints have all-zero
+/// rows, and there `m = ‖W0‖ = 0` too), `m/n` is `0/0` and PEFT gives NaN. Here the scale is `1`
+/// on such rows and exactly `m/n` wherever `n > 0`, so outputs, gradients and merged weights stay
+/// finite and equal PEFT's wherever PEFT's are finite (see
+/// [`dora_scale`](crate::layers::dora_norm::dora_scale) for why `1`).
+///
 /// The base weight is never a `Var` and never receives a gradient (see [`frozen_matmul`]).
 /// Implements [`candle_nn::Module`], so it drops in where a `candle_nn::Linear` was.
 pub type AdaptedLinear = Adapted<LinearBase>;

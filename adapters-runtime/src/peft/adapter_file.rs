@@ -3,6 +3,7 @@
 
 use crate::adapter_config::AdapterConfig;
 use crate::error::{AdapterError, KeyIssue, Result};
+use crate::io::finite::check_finite;
 use crate::io::safetensors_file::{to_tensor, MappedFile};
 use crate::peft::keys::{self, AdapterTensor, Kind};
 use crate::peft::peft_config::{PeftConfig, CONFIG_FILE};
@@ -173,6 +174,21 @@ impl AdapterCheckpoint {
             config,
             modules,
         })
+    }
+
+    /// Fails with [`AdapterError::NonFiniteWeights`] naming the first tensor (by its key in
+    /// `adapter_model.safetensors`) that holds a NaN or ±Inf value; `hint` is appended to the
+    /// message (how the caller can allow them).
+    pub fn check_finite(&self, hint: &str) -> Result<()> {
+        let what = format!("adapter `{}`", self.dir.join(WEIGHTS_FILE).display());
+        for m in &self.modules {
+            let magnitude = m.magnitude.as_ref().map(|t| (AdapterTensor::Magnitude, t));
+            let tensors = [(AdapterTensor::A, &m.a), (AdapterTensor::B, &m.b)];
+            for (role, t) in tensors.into_iter().chain(magnitude) {
+                check_finite(t, &what, &m.key(role), hint)?;
+            }
+        }
+        Ok(())
     }
 
     /// The module adapter for `path`, if the checkpoint has one.

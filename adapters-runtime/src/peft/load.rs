@@ -24,6 +24,9 @@ pub struct LoadOptions<'a> {
     pub config_from_file: bool,
     /// Registers the loaded tensors here (as `attach_adapters` does) so training can resume.
     pub varmap: Option<&'a VarMap>,
+    /// Load tensors holding NaN / ±Inf values too (by default the load fails with
+    /// [`AdapterError::NonFiniteWeights`] naming the tensor).
+    pub allow_non_finite: bool,
 }
 
 impl std::fmt::Debug for LoadOptions<'_> {
@@ -32,6 +35,7 @@ impl std::fmt::Debug for LoadOptions<'_> {
             .field("strict", &self.strict)
             .field("config_from_file", &self.config_from_file)
             .field("varmap", &self.varmap.map(|_| "VarMap"))
+            .field("allow_non_finite", &self.allow_non_finite)
             .finish()
     }
 }
@@ -42,6 +46,7 @@ impl Default for LoadOptions<'_> {
             strict: true,
             config_from_file: false,
             varmap: None,
+            allow_non_finite: false,
         }
     }
 }
@@ -70,7 +75,9 @@ struct Slot {
 /// Loads the PEFT adapter in `dir` onto `model`, whose adapted layers must be bare: each layer
 /// gets `attach_weights` with the configuration of `adapter_config.json` (`r`, `lora_alpha`,
 /// `rank_pattern`, `alpha_pattern`, `use_dora`, `use_rslora`, `lora_dropout`). Every problem is
-/// reported at once, each key with expected vs found, before any layer changes.
+/// reported at once, each key with expected vs found, before any layer changes. A tensor holding
+/// NaN / ±Inf fails with [`AdapterError::NonFiniteWeights`] naming its key, unless
+/// `options.allow_non_finite`.
 pub fn load_adapter<M: Adapters + ?Sized>(
     model: &mut M,
     dir: impl AsRef<Path>,
@@ -78,6 +85,9 @@ pub fn load_adapter<M: Adapters + ?Sized>(
 ) -> Result<LoadReport> {
     let dir = dir.as_ref();
     let ckpt = AdapterCheckpoint::read(dir)?;
+    if !options.allow_non_finite {
+        ckpt.check_finite(" (set LoadOptions::allow_non_finite to load them anyway)")?;
+    }
     let slots = slots(model)?;
     let mut issues = Vec::new();
     let mut report = LoadReport::default();

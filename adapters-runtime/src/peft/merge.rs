@@ -5,6 +5,7 @@
 use crate::error::{AdapterError, KeyIssue, Result};
 use crate::hf::model_files::{BaseModel, INDEX_FILE};
 use crate::io::atomic::{parent_of, Staging};
+use crate::io::finite::check_finite;
 use crate::io::progress::{progress_bar, Unit};
 use crate::io::safetensors_file::to_tensor;
 use crate::io::safetensors_write::{tensor_bytes, write_file, Entry, Failure, Source};
@@ -24,7 +25,14 @@ pub struct MergeOptions {
     pub overwrite: bool,
     /// Show a progress bar on stderr (hidden anyway when stderr is not a terminal).
     pub progress: bool,
+    /// Write merged weights even when the adapter or a merged weight holds NaN / ±Inf values
+    /// (by default the merge fails with [`AdapterError::NonFiniteWeights`] naming the tensor).
+    pub allow_non_finite: bool,
 }
+
+/// How to allow non-finite weights, appended to [`AdapterError::NonFiniteWeights`].
+const ALLOW_HINT: &str =
+    " (pass --allow-non-finite, MergeOptions::allow_non_finite, to write them anyway)";
 
 /// What [`merge_checkpoint`] wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -61,7 +69,9 @@ const OTHER_WEIGHTS: [&str; 9] = [
 /// become `W0 + s·B·A`, DoRA weights `(m/n) ⊙ (W0 + s·B·A)` row-wise (embeddings: per dimension),
 /// computed in f32 (f64 for f64 bases) and stored in the base dtype; every other tensor is copied
 /// unchanged. Nothing is written unless every adapted weight exists in the base with a matching
-/// shape; the output appears atomically.
+/// shape; the output appears atomically. Unless `options.allow_non_finite`, an adapter tensor or
+/// a merged weight holding NaN / ±Inf fails the merge with [`AdapterError::NonFiniteWeights`]
+/// naming it, and nothing is written.
 pub fn merge_checkpoint(
     base: &Path,
     adapter: &Path,
@@ -69,6 +79,9 @@ pub fn merge_checkpoint(
     options: &MergeOptions,
 ) -> Result<MergeReport> {
     let ckpt = AdapterCheckpoint::read(adapter)?;
+    if !options.allow_non_finite {
+        ckpt.check_finite(ALLOW_HINT)?;
+    }
     let model = BaseModel::open(base)?;
     check_output(&model, adapter, out, options.overwrite)?;
     let targets = plan(&ckpt, &model)?;
@@ -90,13 +103,14 @@ pub fn merge_checkpoint(
         let staging = Staging::new(out)?;
         for (i, (name, _)) in model.shards.iter().enumerate() {
             pb.set_message(name.clone());
-            write_shard(&model, i, &targets, &staging.path().join(name), &pb)?;
+            let path = staging.path().join(name);
+            write_shard(&model, i, &targets, &path, &pb, options.allow_non_finite)?;
         }
         copy_others(&model, staging.path(), &mut report)?;
         // `--force` replaces what the merge writes; other files already in `out` stay.
         staging.commit(true)?;
     } else {
-        write_shard(&model, 0, &targets, out, &pb)?;
+        write_shard(&model, 0, &targets, out, &pb, options.allow_non_finite)?;
     }
     pb.finish_and_clear();
     Ok(report)
@@ -238,13 +252,15 @@ fn plan<'c>(
     Ok(targets)
 }
 
-/// Writes shard `i` to `path`, merging the adapted weights as the writer reaches them.
+/// Writes shard `i` to `path`, merging the adapted weights as the writer reaches them (a
+/// non-finite merged weight fails the shard unless `allow_non_finite`).
 fn write_shard(
     model: &BaseModel,
     i: usize,
     targets: &HashMap<String, &ModuleAdapter>,
     path: &Path,
     pb: &ProgressBar,
+    allow_non_finite: bool,
 ) -> Result<()> {
     let file = &model.shards[i].1;
     let st = file.tensors()?;
@@ -254,7 +270,8 @@ fn write_shard(
         let entry = match targets.get(name) {
             Some(ad) => {
                 let (dtype, shape) = (view.dtype(), view.shape().to_vec());
-                let make = Box::new(move || merged_bytes(&view, ad, file.path(), name));
+                let make =
+                    Box::new(move || merged_bytes(&view, ad, file.path(), name, allow_non_finite));
                 Entry::new(dtype, shape, Source::Lazy(make), &failure, Some(pb))
             }
             None => Entry::view(view, &failure, Some(pb)),
@@ -264,12 +281,13 @@ fn write_shard(
     write_file(path, entries, file.string_metadata()?, &failure)
 }
 
-/// One merged weight's bytes, in the base dtype.
+/// One merged weight's bytes, in the base dtype; checked finite unless `allow_non_finite`.
 fn merged_bytes(
     view: &TensorView<'_>,
     ad: &ModuleAdapter,
     file: &Path,
     key: &str,
+    allow_non_finite: bool,
 ) -> Result<Vec<u8>> {
     let w = to_tensor(view, file, key)?;
     let merged = match ad.kind {
@@ -284,6 +302,14 @@ fn merged_bytes(
             e.merged_weight_tensor()?
         }
     };
+    if !allow_non_finite {
+        let what = format!(
+            "merging adapter module `{}` into `{}`",
+            ad.module,
+            file.display()
+        );
+        check_finite(&merged, &what, key, ALLOW_HINT)?;
+    }
     Ok(tensor_bytes(&merged)?.1)
 }
 

@@ -6,6 +6,7 @@ use crate::adapters::Adapters;
 use crate::error::{AdapterError, Result};
 use crate::estimate::BaseDType;
 use crate::io::atomic::Staging;
+use crate::io::finite::check_finite;
 use crate::io::safetensors_write::{tensor_bytes, write_file, Entry, Failure, Source};
 use crate::peft::adapter_file::WEIGHTS_FILE;
 use crate::peft::keys;
@@ -22,6 +23,9 @@ pub struct SaveOptions {
     pub dtype: Option<BaseDType>,
     /// Written as `base_model_name_or_path` (PEFT loads the base from it when asked to).
     pub base_model_name_or_path: Option<String>,
+    /// Write tensors holding NaN / ±Inf values too (by default the save fails with
+    /// [`AdapterError::NonFiniteWeights`] naming the tensor, and nothing is written).
+    pub allow_non_finite: bool,
 }
 
 /// One adapted layer as it will be saved.
@@ -36,6 +40,8 @@ struct Saved {
 /// `base_model.model.<path>.lora_A.weight`, …) and `adapter_config.json` (with `rank_pattern` /
 /// `alpha_pattern` for layers whose rank / alpha differ from the most common one). Missing parent
 /// folders are created; the folder is replaced atomically; other files already in it are kept.
+/// A tensor holding NaN / ±Inf (after the cast to `options.dtype`) fails the save with
+/// [`AdapterError::NonFiniteWeights`] unless `options.allow_non_finite`.
 pub fn save_adapter<M: Adapters + ?Sized>(
     model: &M,
     dir: impl AsRef<Path>,
@@ -56,9 +62,6 @@ pub fn save_adapter_with<M: Adapters + ?Sized>(
     let (layers, bare) = collect(model)?;
     let config = peft_config(&layers, &bare, options)?;
     let json = config.to_json_string()?;
-    let parent = crate::io::atomic::parent_of(dir);
-    std::fs::create_dir_all(&parent).map_err(|e| AdapterError::io("creating", &parent, e))?;
-    let staging = Staging::new(dir)?;
     let failure = Failure::default();
     let mut entries = Vec::new();
     for l in &layers {
@@ -68,8 +71,13 @@ pub fn save_adapter_with<M: Adapters + ?Sized>(
                 Some(d) => t.to_dtype(d.to_candle())?,
                 None => t,
             };
-            let (dtype, bytes) = tensor_bytes(&t)?;
             let key = format!("{}{}.{name}", keys::PREFIX, l.path);
+            if !options.allow_non_finite {
+                let what = format!("saving adapter to `{}`", dir.display());
+                let hint = " (set SaveOptions::allow_non_finite to write them anyway)";
+                check_finite(&t, &what, &key, hint)?;
+            }
+            let (dtype, bytes) = tensor_bytes(&t)?;
             entries.push((
                 key,
                 Entry::new(
@@ -82,6 +90,9 @@ pub fn save_adapter_with<M: Adapters + ?Sized>(
             ));
         }
     }
+    let parent = crate::io::atomic::parent_of(dir);
+    std::fs::create_dir_all(&parent).map_err(|e| AdapterError::io("creating", &parent, e))?;
+    let staging = Staging::new(dir)?;
     let meta = [("format".to_string(), "pt".to_string())]
         .into_iter()
         .collect();

@@ -11,6 +11,7 @@
 use crate::adapters::Adapters;
 use crate::error::{AdapterError, Result};
 use crate::io::atomic::{parent_of, Staging};
+use crate::io::finite::check_finite;
 use crate::io::safetensors_write::write_tensors;
 use crate::train::batch::DataPosition;
 use crate::train::metrics::EvalMetrics;
@@ -166,7 +167,8 @@ pub fn set_dropout_steps<M: Adapters + ?Sized>(
 /// A saver that writes the model's adapter into a folder (e.g. PEFT's `save_adapter`).
 pub type AdapterSaver<'a, M> = dyn Fn(&M, &Path) -> Result<()> + 'a;
 
-/// Writes a checkpoint into `dir` atomically (replacing an existing one).
+/// Writes a checkpoint into `dir` atomically (replacing an existing one). A trainable tensor
+/// holding NaN / ±Inf fails with [`AdapterError::NonFiniteWeights`] before anything is written.
 pub fn save_train_state<M: Adapters + ?Sized>(
     dir: &Path,
     model: &M,
@@ -174,15 +176,19 @@ pub fn save_train_state<M: Adapters + ?Sized>(
     state: &TrainerState,
     save_adapter: Option<&AdapterSaver<'_, M>>,
 ) -> Result<()> {
-    let parent = parent_of(dir);
-    std::fs::create_dir_all(&parent)
-        .map_err(|e| AdapterError::io("creating checkpoint folder", &parent, e))?;
-    let tmp = Staging::new(dir)?;
     let trainable: Vec<(String, Tensor)> = model
         .named_trainable_vars()?
         .into_iter()
         .map(|(k, v)| (k, v.as_tensor().detach()))
         .collect();
+    let what = format!("writing checkpoint `{}`", dir.display());
+    for (name, t) in &trainable {
+        check_finite(t, &what, name, "")?;
+    }
+    let parent = parent_of(dir);
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| AdapterError::io("creating checkpoint folder", &parent, e))?;
+    let tmp = Staging::new(dir)?;
     write_tensors(&tmp.path().join(TRAINABLE_FILE), &trainable, None)?;
     let mut moments: Vec<(String, Tensor)> = optimizer.state_tensors()?.into_iter().collect();
     moments.sort_by(|a, b| a.0.cmp(&b.0));
@@ -240,7 +246,9 @@ pub fn read_state(dir: &Path) -> Result<TrainerState> {
 }
 
 /// Restores a checkpoint into `model` (trainable tensors, dropout counters) and `optimizer`;
-/// returns the trainer state. Everything is checked before anything is modified.
+/// returns the trainer state. Everything is checked before anything is modified, including that
+/// every trainable and optimizer tensor is finite ([`AdapterError::NonFiniteWeights`] names the
+/// first that is not: a run must not resume from, and then write, NaN weights).
 pub fn load_train_state<M: Adapters + ?Sized>(
     dir: &Path,
     model: &M,
@@ -281,8 +289,18 @@ pub fn load_train_state<M: Adapters + ?Sized>(
             issues,
         });
     }
+    let what = format!("resuming from `{}`", file.display());
+    for (name, _) in &vars {
+        check_finite(&saved[name], &what, name, "")?;
+    }
     let opt_file = dir.join(OPTIMIZER_FILE);
     let opt_state = load_tensors(&opt_file, &device)?;
+    let what = format!("resuming from `{}`", opt_file.display());
+    let mut opt_names: Vec<&String> = opt_state.keys().collect();
+    opt_names.sort();
+    for name in opt_names {
+        check_finite(&opt_state[name], &what, name, "")?;
+    }
     check_dropout_keys(model, &state.dropout_steps, dir)?;
     optimizer.load_state(
         &opt_state,
