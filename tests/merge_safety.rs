@@ -14,6 +14,7 @@ use std::path::Path;
 const FORCE: MergeOptions = MergeOptions {
     overwrite: true,
     progress: false,
+    allow_non_finite: false,
 };
 
 /// A copy of fixture `case`'s adapter in `to`, with `key`'s tensor stored as `dtype` (raw bytes of
@@ -148,6 +149,7 @@ fn a_dangling_symlink_output_needs_force() {
     let keep = MergeOptions {
         overwrite: false,
         progress: false,
+        allow_non_finite: false,
     };
     let err = peft::merge_checkpoint(&base, &ad, &out, &keep).unwrap_err();
     assert!(err.to_string().contains("--force"), "{err}");
