@@ -24,7 +24,9 @@ use adapters_runtime::train::{
     estimate_training, load_jsonl, masked_cross_entropy, prepare, split_train_eval, BatchLoader,
     EstimateRequest, Example, LrSchedule, PackMode, PackOptions, Tokenizer, TrainConfig, Trainer,
 };
-use adapters_runtime::{save_adapter, AdapterConfig, Adapters, Init, Method, SaveOptions, Targets};
+use adapters_runtime::{
+    save_adapter, AdapterConfig, AdapterError, Adapters, Init, Method, SaveOptions, Targets,
+};
 use clap::{Parser, ValueEnum};
 use default_model::DefaultLlama;
 use std::path::{Path, PathBuf};
@@ -142,7 +144,8 @@ fn run(args: Args) -> Res<()> {
     let device = adapters_runtime::device(&args.device)?;
     let base_dtype = BaseDType::parse(&args.dtype)
         .ok_or_else(|| format!("--dtype `{}`: expected f32, bf16 or f16", args.dtype))?;
-    std::fs::create_dir_all(&args.out)?;
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| AdapterError::io("creating the output folder", &args.out, e))?;
     let tok = Tokenizer::from_optional_file(args.tokenizer.as_deref())?;
 
     // The base model: given, or the embedded default (pretrained here once, then cached).
@@ -363,7 +366,7 @@ fn load_data(args: &Args) -> Res<(Vec<Example>, Vec<Example>)> {
         return Ok((train, eval));
     }
     let dir = args.out.join("data");
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&dir).map_err(|e| AdapterError::io("creating", &dir, e))?;
     let (train, eval) = tasks::shift_task(2000, 200, args.seed);
     let (tp, ep) = (dir.join("train.jsonl"), dir.join("eval.jsonl"));
     tasks::write_jsonl(&tp, &train)?;

@@ -132,7 +132,9 @@ pub fn run(dir: &Path, p: &Pretrain, device: &Device) -> Result<f64, Box<dyn std
         bar.inc(1);
     }
     bar.finish();
-    std::fs::create_dir_all(dir.parent().unwrap_or(Path::new(".")))?;
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .map_err(|e| adapters_runtime::AdapterError::io("creating", parent, e))?;
     save_model_folder(dir, &config, &model.base_tensors(false)?, &[])?;
     std::fs::write(dir.join(MARKER), serde_json::to_string_pretty(&marker(p))?)?;
     Ok(loss_value)
