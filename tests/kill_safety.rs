@@ -77,10 +77,7 @@ fn kill_role() {
             };
             merge_checkpoint(&base, &adapter, &out, &options).map(|_| ())
         }
-        "train" => {
-            train_run(&out, n);
-            Ok(())
-        }
+        "train" => train_run(&out, n),
         other => panic!("unknown role {other}"),
     };
     match result {
@@ -121,7 +118,7 @@ fn save_adapter_loop(out: &Path, n: u64) -> adapters_runtime::Result<()> {
 }
 
 /// Trains `steps` steps with a checkpoint every step (keeping 2) under `dir`.
-fn train_run(dir: &Path, steps: u64) {
+fn train_run(dir: &Path, steps: u64) -> adapters_runtime::Result<()> {
     let tok = Tokenizer::byte_level();
     let texts: Vec<Example> = (0..8)
         .map(|i| Example::Text(format!("text number {i}")))
@@ -139,10 +136,9 @@ fn train_run(dir: &Path, steps: u64) {
     tc.checkpoint_every = Some(1);
     tc.checkpoint_dir = Some(dir.to_path_buf());
     tc.keep_checkpoints = 2;
-    let mut trainer = Trainer::new(&m, tc).unwrap();
-    trainer
-        .train(&mut m, &mut loader, |m, b, t| m.loss(b, t))
-        .unwrap();
+    let mut trainer = Trainer::new(&m, tc)?;
+    trainer.train(&mut m, &mut loader, |m, b, t| m.loss(b, t))?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -203,6 +199,8 @@ fn leftovers(dir: &Path) -> Vec<String> {
 /// after each, then runs once to the end and checks nothing is left behind.
 fn kill_trials(w: &Writer, seed: u64) {
     let parent = w.target.parent().unwrap().to_path_buf();
+    run_to_end((w.command)());
+    // Timed on a second run, with the caches warm.
     let start = Instant::now();
     run_to_end((w.command)());
     let full = start.elapsed();
@@ -384,17 +382,21 @@ fn save_adapter_survives_kills() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+fn train_writer(out: &Path) -> Writer {
+    let o = out.to_path_buf();
+    Writer {
+        name: "trainer checkpoints",
+        target: o.clone(),
+        command: Box::new(move || role_command("train", &o, 12)),
+        check: Box::new(check_checkpoints),
+    }
+}
+
 #[test]
 fn trainer_checkpoints_survive_kills() {
     let dir = scratch("kill-train");
     let out = dir.join("ckpt");
-    let o = out.clone();
-    let w = Writer {
-        name: "trainer checkpoints",
-        target: out.clone(),
-        command: Box::new(move || role_command("train", &o, 12)),
-        check: Box::new(check_checkpoints),
-    };
+    let w = train_writer(&out);
     kill_trials(&w, 2);
     // Inside the checkpoint folder too: no staging or retired folder stays.
     let left = leftovers(&out);
@@ -487,6 +489,25 @@ fn a_file_size_limit_fails_cleanly_and_loses_nothing() {
         "the previous adapter changed"
     );
     check_adapter(&w.target);
+
+    // Trainer checkpoints: the first one of a new run fails; the previous run's stay.
+    let ckpt = dir.join("ckpt");
+    let w = train_writer(&ckpt);
+    run_to_end((w.command)());
+    let before: Vec<_> = list_checkpoints(&ckpt)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| snapshot(&p))
+        .collect();
+    let out = run_size_limited((w.command)(), 16 * 1024);
+    assert_clean_failure("trainer checkpoint", &out, &ckpt.join("step-00000001"));
+    let after: Vec<_> = list_checkpoints(&ckpt)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| snapshot(&p))
+        .collect();
+    assert!(after == before, "the previous checkpoints changed");
+    check_checkpoints(&ckpt);
 
     // merge, folder and single file.
     let case = fixture("tiny_llama_dora");
