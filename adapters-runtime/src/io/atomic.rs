@@ -120,7 +120,28 @@ impl Staging {
                 AdapterError::io("moving the staged folder to", &target, e)
             });
         }
+        if keep_others {
+            // Into the staged folder before it goes live, so the published folder has them from
+            // the first instant (moving them over afterwards lost them to a kill in between).
+            link_unstaged(&target, self.dir.path())?;
+        }
+        #[cfg(target_os = "linux")]
+        match exchange(self.dir.path(), &target) {
+            // The staging path now holds the previous folder; dropping `self` removes it (a kill
+            // first leaves it as an unlocked `.partial`, removed by the next write).
+            Ok(()) => return Ok(()),
+            // A filesystem without RENAME_EXCHANGE: two renames below.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {}
+            Err(e) => {
+                return Err(AdapterError::io(
+                    "swapping the staged folder with",
+                    &target,
+                    e,
+                ))
+            }
+        }
         // rename() may replace an empty folder: park the old target in one, then swap in the new.
+        // (A kill between the two renames leaves the previous folder only in the `.old` one.)
         let backup = tempfile::Builder::new()
             .prefix(&hidden_prefix(&target))
             .suffix(".old")
@@ -144,6 +165,64 @@ impl Staging {
         drop(backup);
         Ok(())
     }
+}
+
+/// Swaps two paths atomically (`renameat2` with `RENAME_EXCHANGE`): at every instant `b` is
+/// either the old or the new folder, never missing.
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes())?;
+    let cb = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: two valid NUL-terminated paths; the syscall only reads them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Gives `to` every entry of `from` that it lacks, as hard links (copies where linking fails);
+/// folders are recreated and filled the same way, symlinks recreated.
+fn link_unstaged(from: &Path, to: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(from).map_err(|e| AdapterError::io("listing", from, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| AdapterError::io("listing", from, e))?;
+        let src = entry.path();
+        let dest = to.join(entry.file_name());
+        if std::fs::symlink_metadata(&dest).is_ok() {
+            continue;
+        }
+        let kind = entry
+            .file_type()
+            .map_err(|e| AdapterError::io("examining", &src, e))?;
+        if kind.is_dir() {
+            std::fs::create_dir(&dest).map_err(|e| AdapterError::io("creating", &dest, e))?;
+            link_unstaged(&src, &dest)?;
+        } else if kind.is_symlink() {
+            #[cfg(unix)]
+            {
+                let link =
+                    std::fs::read_link(&src).map_err(|e| AdapterError::io("reading", &src, e))?;
+                std::os::unix::fs::symlink(link, &dest)
+                    .map_err(|e| AdapterError::io("creating", &dest, e))?;
+            }
+        } else if std::fs::hard_link(&src, &dest).is_err() {
+            std::fs::copy(&src, &dest).map_err(|e| AdapterError::io("copying", &src, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Moves every entry of `from` that `to` does not have into `to`.
