@@ -107,6 +107,10 @@ impl Tokenizer {
         name: &str,
         config: Option<&serde_json::Value>,
     ) -> Result<Self> {
+        // tokenizers 0.23 panics (`expect("Helper")`) on a syntax error inside the `decoder`
+        // value, so malformed JSON is refused here first (found by the `tokenizer` fuzz target).
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+            .map_err(|e| tok_err(name, format!("not a valid tokenizer.json: {e}")))?;
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| tok_err(name, format!("not a valid tokenizer.json: {e}")))?;
         let lookup = |key: &str, names: &[&str]| -> Result<Option<u32>> {
