@@ -407,3 +407,29 @@ fn long_text_is_cut_before_tokenizing() {
     assert_eq!((p.truncated, p.truncated_bytes), (0, 0));
     assert_eq!(p.sequences[0].len(), 7);
 }
+
+/// A `tokenizer.json` with a syntax error, or invalid UTF-8, inside its `decoder` value (found
+/// by the `tokenizer` fuzz target): tokenizers 0.23 panics on it (`expect("Helper")`); it must be a typed error.
+#[test]
+fn malformed_tokenizer_json_is_an_error_not_a_panic() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fuzz/tokenizer_bad_decoder.json");
+    let bytes = std::fs::read(&path).unwrap();
+    let e = Tokenizer::from_bytes(&bytes, "bad", None).unwrap_err();
+    assert!(matches!(e, AdapterError::Tokenizer { .. }), "{e}");
+    assert!(e.to_string().contains("not a valid tokenizer.json"), "{e}");
+    let e = Tokenizer::from_file(&path).unwrap_err();
+    assert!(matches!(e, AdapterError::Tokenizer { .. }), "{e}");
+    // Invalid UTF-8 in a key of the `decoder` value (the second crash).
+    let bytes = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/tokenizer_bad_utf8.json"),
+    )
+    .unwrap();
+    let e = Tokenizer::from_bytes(&bytes, "bad", None).unwrap_err();
+    assert!(matches!(e, AdapterError::Tokenizer { .. }), "{e}");
+    // Truncated anywhere, the valid seed is still an error, never a panic.
+    let seed = include_bytes!("../fuzz/corpus/tokenizer/seed_bpe");
+    for cut in 0..seed.len() {
+        assert!(Tokenizer::from_bytes(&seed[..cut], "cut", None).is_err(), "cut {cut}");
+    }
+}

@@ -107,6 +107,12 @@ impl Tokenizer {
         name: &str,
         config: Option<&serde_json::Value>,
     ) -> Result<Self> {
+        // tokenizers 0.23 panics (`expect("Helper")`) on malformed JSON inside the `decoder`
+        // value (a syntax error, invalid UTF-8 in a string), so malformed JSON is refused here
+        // first (found by the `tokenizer` fuzz target). A full parse: `IgnoredAny` would skip
+        // strings without checking their UTF-8.
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .map_err(|e| tok_err(name, format!("not a valid tokenizer.json: {e}")))?;
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| tok_err(name, format!("not a valid tokenizer.json: {e}")))?;
         let lookup = |key: &str, names: &[&str]| -> Result<Option<u32>> {
