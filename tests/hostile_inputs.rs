@@ -430,6 +430,9 @@ fn malformed_tokenizer_json_is_an_error_not_a_panic() {
     // Truncated anywhere, the valid seed is still an error, never a panic.
     let seed = include_bytes!("../fuzz/corpus/tokenizer/seed_bpe");
     for cut in 0..seed.len() {
-        assert!(Tokenizer::from_bytes(&seed[..cut], "cut", None).is_err(), "cut {cut}");
+        assert!(
+            Tokenizer::from_bytes(&seed[..cut], "cut", None).is_err(),
+            "cut {cut}"
+        );
     }
 }
