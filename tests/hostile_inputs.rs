@@ -427,6 +427,14 @@ fn malformed_tokenizer_json_is_an_error_not_a_panic() {
     .unwrap();
     let e = Tokenizer::from_bytes(&bytes, "bad", None).unwrap_err();
     assert!(matches!(e, AdapterError::Tokenizer { .. }), "{e}");
+    // Crafted BPE `merges` (the third crash, a panic inside tokenizers): a typed error.
+    let bytes = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/fuzz/tokenizer_bpe_merges_open.json"),
+    )
+    .unwrap();
+    let e = Tokenizer::from_bytes(&bytes, "bpe", None).unwrap_err();
+    assert!(matches!(e, AdapterError::Tokenizer { .. }), "{e}");
     // Truncated anywhere, the valid seed is still an error, never a panic.
     let seed = include_bytes!("../fuzz/corpus/tokenizer/seed_bpe");
     for cut in 0..seed.len() {
