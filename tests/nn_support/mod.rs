@@ -3,6 +3,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+/// `max |a − b| / max |b|` in f64: the suite's one relative error.
+pub use common::rel_err as rel;
 pub use common::test_device;
 
 use adapters_runtime::candle_core::{DType, Device, Result, Tensor, Var};
@@ -26,11 +28,6 @@ pub fn rand(seed: u64, shape: &[usize], scale: f64, dtype: DType) -> Tensor {
         .unwrap()
         .to_device(&test_device())
         .unwrap()
-}
-
-/// `max |a − b| / max |b|` in f64 (the suite's one relative error).
-pub fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    common::rel_err(a, b)
 }
 
 /// `max |a − b|` in f64.

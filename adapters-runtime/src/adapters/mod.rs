@@ -174,7 +174,6 @@ pub trait Adapters: AdapterModel {
                 module.has_bias(),
             ),
             // `#[frozen(params = N)]` on a type that is not a `FrozenModule`: nothing to check.
-            (None, LayerRef::Counted { .. }) => Ok(()),
             (None, _) => Ok(()),
         })
     }

@@ -101,7 +101,8 @@ impl Staging {
     }
 
     /// Replaces `target` with the staged folder. With `keep_others`, entries of the previous target
-    /// that were not staged (files the user keeps beside the adapter) are moved into the new one.
+    /// that were not staged (files the user keeps beside the adapter) are linked into the new one
+    /// before it goes live.
     pub fn commit(self, keep_others: bool) -> Result<()> {
         let target = self.target.clone();
         let meta = std::fs::symlink_metadata(&target);
@@ -155,13 +156,7 @@ impl Staging {
             let _ = std::fs::remove_dir_all(&staged);
             return Err(AdapterError::io("moving the staged folder to", &target, e));
         }
-        if keep_others {
-            if let Err(e) = move_unstaged(backup.path(), &target) {
-                // Keep what could not be moved back rather than deleting it.
-                let _ = backup.keep();
-                return Err(e);
-            }
-        }
+        // The staged folder already had the kept entries (`link_unstaged` above).
         drop(backup);
         Ok(())
     }
@@ -220,20 +215,6 @@ fn link_unstaged(from: &Path, to: &Path) -> Result<()> {
             }
         } else if std::fs::hard_link(&src, &dest).is_err() {
             std::fs::copy(&src, &dest).map_err(|e| AdapterError::io("copying", &src, e))?;
-        }
-    }
-    Ok(())
-}
-
-/// Moves every entry of `from` that `to` does not have into `to`.
-fn move_unstaged(from: &Path, to: &Path) -> Result<()> {
-    let entries = std::fs::read_dir(from).map_err(|e| AdapterError::io("listing", from, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| AdapterError::io("listing", from, e))?;
-        let dest = to.join(entry.file_name());
-        if std::fs::symlink_metadata(&dest).is_err() {
-            std::fs::rename(entry.path(), &dest)
-                .map_err(|e| AdapterError::io("moving", entry.path(), e))?;
         }
     }
     Ok(())
