@@ -121,6 +121,7 @@ impl Case {
             targets: vec!["all-linear".into()],
             dtype: self.dtype,
             batch_tokens: self.batch * self.seq,
+            seq_len: self.seq,
         };
         Ok(estimate_training(&cfg, &request)?)
     }

@@ -100,7 +100,7 @@ run_cargo() { # run_cargo <required: 1|0> <cargo args...>
 }
 if [ "$build" = 1 ]; then
   run_cargo 1 test --no-run --test gpu_suite
-  run_cargo 1 build --example bench_layers --example vram_check
+  run_cargo 1 build --example bench_layers --example vram_check --example bench_train
   # The fine-tuning example may be absent or not build yet: gpu-check.sh reports it missing.
   if [ -e examples/finetune/main.rs ] || [ -e examples/finetune.rs ]; then
     run_cargo 0 build --example finetune
@@ -111,7 +111,7 @@ else
   for f in "$rel"/deps/gpu_suite-*; do
     [ -x "$f" ] && [ -f "$f" ] && printf 'gpu_suite\t%s\n' "$f" >>"$list"
   done
-  for e in bench_layers vram_check finetune; do
+  for e in bench_layers vram_check bench_train finetune; do
     [ -x "$rel/examples/$e" ] && printf '%s\t%s\n' "$e" "$rel/examples/$e" >>"$list"
   done
   [ -x "$rel/adapters" ] && printf 'adapters\t%s\n' "$rel/adapters" >>"$list"

@@ -2,7 +2,9 @@
 # Runs the CUDA checks on a machine with an NVIDIA GPU and no Rust toolchain, from the binaries
 # scripts/cuda-build.sh packed into gpu-bin/: the CUDA test suite, a short fine-tune of the
 # example, the training-memory measurement, the layer benchmark in bf16, and PEFT's benchmark of
-# the same layers on the same card (scripts/peft_bench.py; needs torch + peft). A short table is
+# the same layers on the same card (scripts/peft_bench.py; needs torch + peft), and model-level
+# training of a ~1B Llama (bf16, 4 × 1024 tokens, r = 16) against PEFT in the same call
+# (scripts/peft_train_compare.py with bench_train; needs torch + transformers + peft). A short table is
 # printed last; everything is also written under --out.
 #
 # Usage: scripts/gpu-check.sh [--bin DIR] [--out DIR] [--steps N] [--runs N] [--only LIST] [--dry-run]
@@ -11,7 +13,7 @@
 #   --out DIR     results: logs and JSON (default: /tmp/adapters-gpu-check)
 #   --steps N     fine-tuning steps of the example (default 60)
 #   --runs N      timed runs per benchmark figure (default 20)
-#   --only LIST   comma-separated subset of: tests,finetune,vram,bench,peft (default: all)
+#   --only LIST   comma-separated subset of: tests,finetune,vram,bench,peft,train (default: all)
 #   --dry-run     check the arguments, the GPU and the binaries, run nothing
 #
 # Environment: CUDA_LIB_DIR (default /usr/local/cuda/lib64) is put first on LD_LIBRARY_PATH;
@@ -24,7 +26,7 @@ bin=$repo/gpu-bin
 out=/tmp/adapters-gpu-check
 steps=60
 runs=20
-only=tests,finetune,vram,bench,peft
+only=tests,finetune,vram,bench,peft,train
 dry=0
 die() { echo "gpu-check: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -177,12 +179,31 @@ if wants peft; then
   fi
 fi
 
+# --- 5. model-level training, ours and PEFT's in the same call ------------------------------
+if wants train; then
+  if [ -z "${exe[bench_train]:-}" ]; then record train "FAIL: bench_train not in $bin"
+  elif ! "$PYTHON" -c 'import torch, transformers, peft' 2>/dev/null; then
+    record train "skipped: $PYTHON cannot import torch, transformers and peft"
+  else
+    echo "gpu-check: [train] peft_train_compare.py --preset llama-1b --dtype bf16 --batch 4 --seq 1024 --rank 16"
+    if "$PYTHON" "$repo/scripts/peft_train_compare.py" --bin "${exe[bench_train]}" --device cuda \
+      --dtype bf16 --preset llama-1b --batch 4 --seq 1024 --rank 16 --rounds 1 --steps 5 \
+      --json "$out/train_compare.json" >"$out/train_compare.log" 2>&1; then
+      record train ok
+    else record train "FAIL (exit $?): $(tail -3 "$out/train_compare.log" | tr '\n' ' ')"; fi
+  fi
+fi
+
 # --- the table -----------------------------------------------------------------------------
 echo
 echo "== adapters on $gpu"
-for step in tests finetune vram bench peft; do
+for step in tests finetune vram bench peft train; do
   wants "$step" && printf '%-9s %s\n' "$step" "${result[$step]:-not run}"
 done
+if [ -f "$out/train_compare.log" ]; then
+  echo; echo "model-level training (scripts/peft_train_compare.py)"
+  sed -n '/^| method/,$p' "$out/train_compare.log"
+fi
 if command -v "$PYTHON" >/dev/null 2>&1; then
   "$PYTHON" - "$out" <<'PY'
 import json, os, sys

@@ -583,6 +583,7 @@ fn estimate_uses_the_const_formulas() {
         targets: vec!["q_proj".into(), "v_proj".into()],
         dtype: BaseDType::BF16,
         batch_tokens: 4096,
+        seq_len: 512,
     };
     let e = estimate_training(&cfg, &req).unwrap();
     let (h, i, v, n, kv) = (64, 160, 96, 2, 32);
@@ -603,7 +604,9 @@ fn estimate_uses_the_const_formulas() {
             + estimate::activation_bytes_frozen_linear(h, bt).unwrap() * 2
             + estimate::activation_bytes_frozen_linear(h, bt).unwrap() * 2
             + estimate::activation_bytes_frozen_linear(i, bt).unwrap())
-        + estimate::activation_bytes_frozen_linear(h, bt).unwrap();
+        + estimate::activation_bytes_frozen_linear(h, bt).unwrap()
+        + n * estimate::activation_bytes_llama_layer(h, i, 4, 2, 16, 512, bt).unwrap()
+        + estimate::activation_bytes_lm_output(h, bt).unwrap();
     assert_eq!(e.activation_bytes_per_token, per_token);
     assert_eq!(
         e.total_bytes,

@@ -149,9 +149,11 @@ pub const fn training_state_bytes(trainable: usize) -> Option<usize> {
     trainable.checked_mul(training_bytes_per_param())
 }
 
-/// Activation bytes an adapted linear layer keeps for the backward pass, per token: its input,
-/// the input cast to f32 (when activations are not f32), `x·Aᵀ` and `x·Aᵀ·Bᵀ` in f32, the output, and
-/// for DoRA the pre-scale sum that the magnitude's gradient needs.
+/// Activation bytes an adapted linear layer keeps for the backward pass, per token. With
+/// activations in the adapter dtype (f32) the layer is one fused node (`ops::lora_matmul`): its
+/// input and output, and for DoRA the pre-scale product the magnitude's gradient needs. Otherwise
+/// (bf16 / f16 activations, f32 adapters) the composed path also keeps the input cast to f32,
+/// `x·Aᵀ` and `x·Aᵀ·Bᵀ` in f32.
 pub const fn activation_bytes_adapted_linear(
     method: Method,
     din: usize,
@@ -161,22 +163,56 @@ pub const fn activation_bytes_adapted_linear(
 ) -> Option<usize> {
     let a = Some(act.size_in_bytes());
     let f32b = Some(ADAPTER_PARAM_BYTES);
-    let cast = if act.size_in_bytes() == ADAPTER_PARAM_BYTES {
-        Some(0)
+    let lora = if act.size_in_bytes() == ADAPTER_PARAM_BYTES {
+        sum(&[mul(Some(din), a), mul(Some(dout), a)])
     } else {
-        mul(Some(din), f32b)
+        sum(&[
+            mul(Some(din), a),
+            mul(Some(din), f32b),
+            mul(Some(rank), f32b),
+            mul(Some(dout), f32b),
+            mul(Some(dout), a),
+        ])
     };
-    let lora = sum(&[
-        mul(Some(din), a),
-        cast,
-        mul(Some(rank), f32b),
-        mul(Some(dout), f32b),
-        mul(Some(dout), a),
-    ]);
     match method {
         Method::Lora => lora,
         Method::Dora => add(lora, mul(Some(dout), a)),
     }
+}
+
+/// Activation bytes a Llama decoder layer keeps per token besides its projections' inputs and
+/// outputs (the forward of `models::llama`): the head-split copies of q, k and v, the scaled and
+/// rotated q and k, the repeated k and v heads, the attention output and its merged-heads copy
+/// (`7·heads·head_dim + 4·kv_heads·head_dim`), the SwiGLU activation and product (`2·inter`), two
+/// residual sums (`2·hidden`), all in the activation dtype; and the attention scores, their
+/// masked copy and the softmax (`3·heads·seq`, f32).
+pub const fn activation_bytes_llama_layer(
+    hidden: usize,
+    inter: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    seq: usize,
+    act: BaseDType,
+) -> Option<usize> {
+    let a = Some(act.size_in_bytes());
+    let q = mul(Some(heads), Some(head_dim));
+    let kv = mul(Some(kv_heads), Some(head_dim));
+    sum(&[
+        mul(add(mul(q, Some(7)), mul(kv, Some(4))), a),
+        mul(mul(Some(inter), Some(2)), a),
+        mul(mul(Some(hidden), Some(2)), a),
+        mul(mul(Some(heads), Some(seq)), Some(3 * ADAPTER_PARAM_BYTES)),
+    ])
+}
+
+/// Activation bytes per token after the last layer: the final norm's output (activation dtype)
+/// and the loss's gradient for it (f32), the logits being formed in bounded chunks.
+pub const fn activation_bytes_lm_output(hidden: usize, act: BaseDType) -> Option<usize> {
+    mul(
+        Some(hidden),
+        Some(act.size_in_bytes() + ADAPTER_PARAM_BYTES),
+    )
 }
 
 /// Activation bytes a frozen linear layer keeps per token (its input, for the input gradient).

@@ -24,6 +24,7 @@
 
 pub mod adapter_config;
 pub mod adapters;
+pub mod alloc;
 pub mod device;
 pub mod error;
 pub mod estimate;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 /// Top-level modules, lowest first; a module may use those at its own rank or below.
 const ORDER: &[(&str, usize)] = &[
     ("error", 0),
+    ("alloc", 0),
     ("seed", 1),
     ("estimate", 2),
     ("adapter_config", 3),

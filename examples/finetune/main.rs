@@ -21,7 +21,7 @@ use adapters_runtime::estimate::{human_bytes, BaseDType};
 use adapters_runtime::hf::save_model_folder;
 use adapters_runtime::models::llama::{load_pretrained, BaseMode, Llama};
 use adapters_runtime::train::{
-    estimate_training, load_jsonl, masked_cross_entropy, prepare, split_train_eval, BatchLoader,
+    estimate_training, llama_loss, load_jsonl, prepare, split_train_eval, BatchLoader,
     EstimateRequest, Example, LrSchedule, PackMode, PackOptions, Tokenizer, TrainConfig, Trainer,
 };
 use adapters_runtime::{
@@ -32,11 +32,11 @@ use default_model::DefaultLlama;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-// candle allocates a fresh buffer for every op result; glibc's malloc serves large ones with
-// mmap, and the page faults and TLB shootdowns cost DoRA's CPU backward ~2× (BENCHMARKS.md).
-// mimalloc reuses freed buffers.
+// mimalloc that keeps freed buffers for the next step (no page faults per step; see
+// `adapters_runtime::alloc`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: adapters_runtime::alloc::TrainingAllocator =
+    adapters_runtime::alloc::TrainingAllocator;
 
 /// The modules adapted by default: all seven projections of every layer.
 const DEFAULT_TARGETS: &str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
@@ -256,9 +256,7 @@ fn run(args: Args) -> Res<()> {
         trainer.resume(&model, &mut loader, dir)?;
         println!("resumed from {} at step {}", dir.display(), trainer.step());
     }
-    let summary = trainer.train(&mut model, &mut loader, |m, b, _| {
-        masked_cross_entropy(&m.forward(&b.input_ids)?, &b.targets, &b.loss_mask)
-    })?;
+    let summary = trainer.train(&mut model, &mut loader, |m, b, _| llama_loss(m, b))?;
     drop(trainer);
     println!(
         "trained {} steps in {:.1}s ({:.0} tokens/s), final train loss {:.4}",
@@ -399,6 +397,7 @@ fn report_counts(model: &Llama, args: &Args, dtype: BaseDType) -> Res<()> {
             .collect(),
         dtype,
         batch_tokens: args.batch * args.seq_len,
+        seq_len: args.seq_len,
     };
     let est = estimate_training(model.config(), &request)?;
     println!(

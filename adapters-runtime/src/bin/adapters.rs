@@ -68,6 +68,9 @@ enum Command {
         /// Tokens per batch (batch size × sequence length); 0 leaves activations out.
         #[arg(long, default_value_t = 0)]
         batch_tokens: usize,
+        /// Sequence length, for the attention scores (0 leaves them out).
+        #[arg(long, default_value_t = 0)]
+        seq_len: usize,
     },
 }
 
@@ -127,6 +130,7 @@ fn run(cli: Cli) -> adapters_runtime::Result<String> {
             targets,
             dtype,
             batch_tokens,
+            seq_len,
         } => {
             let cfg = LlamaConfig::from_file(&config)?;
             let request = EstimateRequest {
@@ -142,6 +146,7 @@ fn run(cli: Cli) -> adapters_runtime::Result<String> {
                     DTypeArg::F16 => BaseDType::F16,
                 },
                 batch_tokens,
+                seq_len,
             };
             report = estimate_training(&cfg, &request)?.to_string();
         }

@@ -4,8 +4,9 @@
 use crate::error::{AdapterError, InLayer, Result};
 use crate::layers::adapted::Adapted;
 use crate::layers::adapter::Adapter;
+use crate::layers::dora_norm::dora_scale;
 use crate::layers::kind::LinearBase;
-use crate::ops::{frozen_matmul, row_scale};
+use crate::ops::{dora_matmul, frozen_matmul, lora_matmul, row_scale, DoraRows};
 use candle_core::Tensor;
 
 /// A linear layer `y = x·W0ᵀ + b` whose frozen weight `W0 [out, in]` may carry an adapter:
@@ -100,10 +101,10 @@ impl Adapted<LinearBase> {
     }
 
     fn forward_unchecked(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let base = self.base_product(x)?;
         let y = match self.adapter.as_ref().filter(|a| a.active()) {
-            None => base,
-            Some(ad) => self.adapted(ad, x, base, train)?,
+            None => self.base_product(x)?,
+            Some(ad) if self.fused(ad, x, train) => self.adapted_fused(ad, x)?,
+            Some(ad) => self.adapted(ad, x, self.base_product(x)?, train)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -118,6 +119,33 @@ impl Adapted<LinearBase> {
         } else {
             frozen_matmul(x, &self.weight)
         }
+    }
+
+    /// Whether the forward runs as one [`lora_matmul`] node: a frozen base, no dropout in this
+    /// call, and adapters in the activation dtype (else the composed path below, same numerics).
+    fn fused(&self, ad: &Adapter, x: &Tensor, train: bool) -> bool {
+        !self.trainable_base && !ad.dropout_active(train) && ad.dtype() == x.dtype()
+    }
+
+    /// `x·W0ᵀ + s·(x·Aᵀ)·Bᵀ` in one node; for DoRA then scaled by `m / ‖W0 + s·B·A‖` per output
+    /// (the norm detached, as PEFT).
+    fn adapted_fused(&self, ad: &Adapter, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (a, b) = (ad.a.as_tensor(), ad.b.as_tensor());
+        let m = match (&ad.magnitude, ad.is_dora()) {
+            (Some(m), true) => m.as_tensor(),
+            _ => return lora_matmul(x, &self.weight, a, b, ad.scaling),
+        };
+        let norm = self.norm_of(ad)?;
+        let scale = dora_scale(&m.detach(), &norm)?;
+        dora_matmul(
+            x,
+            &self.weight,
+            a,
+            b,
+            m,
+            ad.scaling,
+            DoraRows { norm, scale },
+        )
     }
 
     /// The adapted output before the bias, given the base product `x·W0ᵀ`.

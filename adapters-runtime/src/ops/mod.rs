@@ -8,6 +8,9 @@ mod cuda_rope;
 mod dropout;
 mod float;
 mod frozen_matmul;
+mod gemm;
+mod linear_cross_entropy;
+mod lora_matmul;
 mod norm;
 mod norm_bwd;
 mod rope;
@@ -17,6 +20,10 @@ mod softmax;
 pub use activation::{silu, SiluOp};
 pub use dropout::dropout_mask;
 pub use frozen_matmul::{frozen_matmul, FrozenMatmul};
+pub use linear_cross_entropy::{
+    linear_cross_entropy, linear_cross_entropy_chunked, CHUNK_ELEMS as CROSS_ENTROPY_CHUNK_ELEMS,
+};
+pub use lora_matmul::{dora_matmul, lora_matmul, DoraRows, LoraMatmul};
 pub use norm::{layer_norm, rms_norm, LayerNormOp, RmsNormOp};
 pub use norm_bwd::{norm_dw, norm_dx, norm_dx_composed, NormBwd};
 pub use rope::{rope_any, RopeKind, RopeOp};

@@ -1,8 +1,12 @@
 //! Masked causal-LM cross entropy, reduced in f32 and built only from ops that record gradients
 //! in candle 0.11 (the fused `softmax_last_dim` / `log_softmax` kernels record none), and token
-//! accuracy.
+//! accuracy; and the same loss from hidden states through a frozen output projection, in chunks
+//! that never hold the full logits ([`causal_lm_loss_sum`]).
 
 use crate::error::{AdapterError, Result};
+use crate::models::llama::Llama;
+use crate::ops::linear_cross_entropy;
+use crate::train::batch::Batch;
 use candle_core::{DType, Tensor, D};
 
 fn check(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<()> {
@@ -75,4 +79,71 @@ pub fn token_accuracy(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Resul
     let correct = (hit * &mask)?.sum_all()?.to_scalar::<f32>()?;
     let total = mask.sum_all()?.to_scalar::<f32>()?;
     Ok((correct.round() as usize, total.round() as usize))
+}
+
+/// `(Σ mask·nll, Σ mask)` like [`masked_cross_entropy_sum`], from final hidden states
+/// `[B, T, H]` and a frozen output projection `head [V, H]` instead of logits: the logits are
+/// formed, reduced and differentiated a chunk of rows at a time
+/// ([`crate::ops::linear_cross_entropy`]), so a step never holds `[B·T, V]` buffers for all
+/// tokens. Gradients reach `hidden` only.
+pub fn causal_lm_loss_sum(
+    hidden: &Tensor,
+    head: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let dims = hidden.dims();
+    if dims.len() != 3 {
+        return Err(AdapterError::ShapeMismatch {
+            layer: "loss".into(),
+            what: "hidden states [B, T, H]".into(),
+            expected: vec![0, 0, 0],
+            actual: dims.to_vec(),
+        });
+    }
+    for (what, t) in [("targets", targets), ("loss_mask", mask)] {
+        if t.dims() != &dims[..2] {
+            return Err(AdapterError::ShapeMismatch {
+                layer: "loss".into(),
+                what: what.into(),
+                expected: dims[..2].to_vec(),
+                actual: t.dims().to_vec(),
+            });
+        }
+    }
+    let n = dims[0] * dims[1];
+    let h = hidden.reshape((n, dims[2]))?;
+    let mask = mask.to_dtype(DType::F32)?.flatten_all()?;
+    let sum = linear_cross_entropy(&h, head, &targets.flatten_all()?, &mask)?;
+    Ok((sum.to_dtype(DType::F32)?, mask.sum_all()?))
+}
+
+/// Mean cross entropy over masked positions from hidden states and a frozen head (see
+/// [`causal_lm_loss_sum`]); an f32 scalar carrying gradients, 0 for a batch without targets.
+pub fn causal_lm_loss(
+    hidden: &Tensor,
+    head: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    let (sum, count) = causal_lm_loss_sum(hidden, head, targets, mask)?;
+    Ok(sum.broadcast_div(&count.clamp(1f32, f32::MAX)?)?)
+}
+
+/// The training loss of a [`Llama`] on a batch: [`causal_lm_loss`] through its frozen head, or
+/// [`masked_cross_entropy`] of its logits when the head trains.
+pub fn llama_loss(model: &Llama, batch: &Batch) -> Result<Tensor> {
+    match model.head_weight() {
+        Some(head) => causal_lm_loss(
+            &model.forward_hidden(&batch.input_ids)?,
+            head,
+            &batch.targets,
+            &batch.loss_mask,
+        ),
+        None => masked_cross_entropy(
+            &model.forward(&batch.input_ids)?,
+            &batch.targets,
+            &batch.loss_mask,
+        ),
+    }
 }

@@ -21,6 +21,9 @@ pub struct EstimateRequest {
     pub dtype: BaseDType,
     /// Tokens per batch (batch size × sequence length) for the activations; 0 leaves them out.
     pub batch_tokens: usize,
+    /// Sequence length, for the attention scores (`heads × seq` per token and layer); 0 leaves
+    /// them out.
+    pub seq_len: usize,
 }
 
 /// The estimate, part by part (bytes), as [`est::vram_bytes`] sums it.
@@ -128,6 +131,22 @@ pub fn estimate_training(
             adapted_layers += d.count;
         }
     }
+    // What the decoder itself keeps besides the projections (attention internals, SwiGLU,
+    // residuals, the scores for `seq_len`) and the loss's share after the last layer.
+    let layer = est::activation_bytes_llama_layer(
+        config.hidden_size,
+        config.intermediate_size,
+        config.num_attention_heads,
+        config.kv_heads(),
+        config.head_dim(),
+        request.seq_len,
+        dt,
+    );
+    act = est::sum(&[
+        act,
+        est::mul(Some(config.num_hidden_layers), layer),
+        est::activation_bytes_lm_output(config.hidden_size, dt),
+    ]);
     let overflow = || AdapterError::InvalidArgument {
         name: "estimate".into(),
         expected: "sizes whose products fit in 64 bits".into(),

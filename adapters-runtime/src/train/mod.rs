@@ -36,7 +36,10 @@ pub use chat::Message;
 
 pub use data::{load_jsonl, split_train_eval, Dataset, Example, JsonlOptions};
 pub use grads::{clip_grad_norm, GradAccumulator, Grads};
-pub use loss::{masked_cross_entropy, masked_cross_entropy_sum, token_accuracy};
+pub use loss::{
+    causal_lm_loss, causal_lm_loss_sum, llama_loss, masked_cross_entropy, masked_cross_entropy_sum,
+    token_accuracy,
+};
 pub use memory::{estimate_training, EstimateRequest, TrainingEstimate};
 pub use metrics::{EvalMetrics, MetricRecord, MetricsWriter};
 pub use optim::{AdamW, AdamWConfig};

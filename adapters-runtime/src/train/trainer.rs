@@ -123,6 +123,9 @@ pub struct TrainSummary {
     pub elapsed: Duration,
     /// Input tokens per second during this call's training steps.
     pub tokens_per_sec: f64,
+    /// Wall time in seconds of each optimizer step of this call (evaluation and checkpoints
+    /// excluded), for benchmarks that want medians rather than the mean.
+    pub step_seconds: Vec<f64>,
     /// The last checkpoint written or resumed from.
     pub last_checkpoint: Option<PathBuf>,
 }
@@ -314,6 +317,7 @@ impl<'a, M: Adapters + ?Sized> Trainer<'a, M> {
             self.state.step,
         );
         let (mut run_tokens, mut run_time) = (0u64, Duration::ZERO);
+        let mut step_seconds = Vec::new();
         model.set_adapters_training(true)?;
         while self.state.step < self.config.steps {
             let t0 = Instant::now();
@@ -330,6 +334,7 @@ impl<'a, M: Adapters + ?Sized> Trainer<'a, M> {
             let dt = t0.elapsed();
             run_tokens += tokens;
             run_time += dt;
+            step_seconds.push(dt.as_secs_f64());
             let tps = tokens as f64 / dt.as_secs_f64().max(1e-9);
             self.state.step += 1;
             self.state.tokens_seen += tokens;
@@ -380,6 +385,7 @@ impl<'a, M: Adapters + ?Sized> Trainer<'a, M> {
             tokens_seen: self.state.tokens_seen,
             elapsed: started.elapsed(),
             tokens_per_sec: run_tokens as f64 / run_time.as_secs_f64().max(1e-9),
+            step_seconds,
             last_checkpoint: self.last_checkpoint.clone(),
         })
     }

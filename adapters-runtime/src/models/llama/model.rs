@@ -106,7 +106,10 @@ impl Attention {
         let rep = self.n_heads / self.n_kv_heads;
         let k = repeat_kv(k, rep)?;
         let v = repeat_kv(v, rep)?;
-        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
+        // The 1/√d scale on q ([b, h, t, d]) rather than on the [b, h, t, t] scores: one fewer
+        // t × t buffer kept for the backward pass.
+        let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
+        let scores = q.matmul(&k.t()?)?;
         let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
         let probs = softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let out =
@@ -301,21 +304,44 @@ impl Llama {
 
     /// Logits `[batch, seq, vocab]` for `ids [batch, seq]` (causal attention).
     pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.forward_hidden(ids)?;
+        self.project(&h)
+    }
+
+    /// The final-normed hidden states `[batch, seq, hidden]` for `ids [batch, seq]`: what the
+    /// output projection ([`Llama::head_weight`]) turns into logits. A training loss can take
+    /// these with the frozen head weight and never form the full logits
+    /// (`adapters_runtime::train::causal_lm_loss`).
+    pub fn forward_hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (_, t) = ids.dims2()?;
         let mask = causal_mask(t, self.device())?;
         let mut h = self.embed_tokens.forward(ids)?;
         for layer in &self.layers {
             h = layer.forward(&h, &mask)?;
         }
-        let h = self.norm.forward(&h)?;
+        self.norm.forward(&h)
+    }
+
+    /// The output projection's weight `[vocab, hidden]` when it is frozen (an untied `lm_head`,
+    /// or the tied embedding table of a fine-tuned model); `None` when it trains.
+    pub fn head_weight(&self) -> Option<&Tensor> {
+        let w = match &self.lm_head {
+            LmHead::Untied(w) => w,
+            LmHead::Tied => self.embed_tokens.embeddings(),
+        };
+        (!w.track_op()).then_some(w)
+    }
+
+    /// Logits from final-normed hidden states.
+    fn project(&self, h: &Tensor) -> candle_core::Result<Tensor> {
         match &self.lm_head {
-            LmHead::Untied(w) => frozen_matmul(&h, w),
+            LmHead::Untied(w) => frozen_matmul(h, w),
             LmHead::Tied => {
                 let table = self.embed_tokens.embeddings();
                 if table.track_op() {
                     h.broadcast_matmul(&table.t()?)
                 } else {
-                    frozen_matmul(&h, table)
+                    frozen_matmul(h, table)
                 }
             }
         }
