@@ -150,6 +150,8 @@ struct Record {
     median_forward_ms: f64,
     tokens_per_sec: f64,
     peak_rss_bytes: Option<u64>,
+    /// Resident memory when the run started, before the model (the program itself).
+    start_rss_bytes: Option<u64>,
     peak_gpu_bytes: Option<u64>,
     estimate_bytes: usize,
     page_faults_per_step: Option<f64>,
@@ -195,6 +197,7 @@ fn random_sequences(args: &Args, vocab: usize) -> Vec<Sequence> {
 }
 
 fn run(args: Args) -> Res<()> {
+    let start_rss = proc_status_kib("VmRSS:").map(|k| k * 1024);
     if args.batch == 0 || args.seq == 0 || args.steps == 0 {
         return Err("--batch, --seq and --steps must be at least 1".into());
     }
@@ -303,7 +306,8 @@ fn run(args: Args) -> Res<()> {
         median_step_ms: med,
         median_forward_ms: median(&mut forward_ms[warmup..].to_vec()),
         tokens_per_sec: tokens_per_step as f64 / (med / 1e3),
-        peak_rss_bytes: peak_rss(),
+        peak_rss_bytes: proc_status_kib("VmHWM:").map(|k| k * 1024),
+        start_rss_bytes: start_rss,
         peak_gpu_bytes: None,
         estimate_bytes: estimate.total_bytes,
         page_faults_per_step: faults,
@@ -331,12 +335,11 @@ fn run(args: Args) -> Res<()> {
     bench::write_json(args.json.as_deref(), &[rec])
 }
 
-/// The process's peak resident set (Linux `VmHWM`), in bytes.
-fn peak_rss() -> Option<u64> {
+/// A `/proc/self/status` field in KiB (Linux): `VmHWM:` (peak resident set), `VmRSS:`.
+fn proc_status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Minor page faults of the process so far (Linux `/proc/self/stat`, field 10).

@@ -39,6 +39,17 @@ def minor_faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def rss_bytes():
+    """This process's resident set now (Linux VmRSS), or None."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def worker(a):
     import torch
     import torch.nn.functional as F
@@ -51,6 +62,7 @@ def worker(a):
         torch.set_num_threads(a.threads)
     dt = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[a.dtype]
     dev = torch.device(a.device)
+    start_rss = rss_bytes()
     cfg = json.loads(a.config_json)
     cfg["use_cache"] = False
     torch.manual_seed(a.seed)
@@ -106,6 +118,7 @@ def worker(a):
         "median_step_ms": med,
         "median_forward_ms": statistics.median(fwd[a.warmup:]),
         "tokens_per_sec": a.batch * a.seq / (med / 1e3),
+        "start_rss_bytes": start_rss,
         "peak_gpu_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None,
         "page_faults_per_step": (minor_faults() - faults0) / a.steps,
         "threads": torch.get_num_threads(),
@@ -215,8 +228,8 @@ def main():
     name = a.config or a.preset
     print(f"\n{name}, {a.dtype}, batch {a.batch} × {a.seq} tokens, r = {a.rank} on {a.targets}, "
           f"{a.rounds} rounds × {a.steps} timed steps (medians)\n")
-    print("| method | ours tokens/s | PEFT tokens/s | ours / PEFT | ours peak RSS | PEFT peak RSS | ours estimate | estimate / RSS |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| method | ours tokens/s | PEFT tokens/s | ours / PEFT | ours peak RSS | PEFT peak RSS | ours estimate | estimate / RSS | estimate / (RSS − start) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     summary = {}
     for m in methods:
         o, p = pick("adapters", m), pick("peft", m)
@@ -226,12 +239,14 @@ def main():
         o_rss = max(r["peak_rss_bytes_wait4"] for r in o)
         p_rss = max(r["peak_rss_bytes_wait4"] for r in p)
         est = o[0]["estimate_bytes"]
+        start = statistics.median(r.get("start_rss_bytes") or 0 for r in o)
         summary[m] = {"ours_tps": o_tps, "peft_tps": p_tps, "ratio": statistics.median(ratios),
-                      "ours_rss": o_rss, "peft_rss": p_rss, "estimate": est,
+                      "ours_rss": o_rss, "peft_rss": p_rss, "estimate": est, "ours_start_rss": start,
                       "ours_step_ms": statistics.median(r["median_step_ms"] for r in o),
                       "peft_step_ms": statistics.median(r["median_step_ms"] for r in p)}
         print(f"| {m} | {o_tps:.0f} | {p_tps:.0f} | {statistics.median(ratios):.2f} "
-              f"({min(ratios):.2f}–{max(ratios):.2f}) | {gib(o_rss)} | {gib(p_rss)} | {gib(est)} | {est / o_rss:.2f} |")
+              f"({min(ratios):.2f}–{max(ratios):.2f}) | {gib(o_rss)} | {gib(p_rss)} | {gib(est)} | {est / o_rss:.2f} | "
+              f"{est / max(o_rss - start, 1):.2f} |")
     if "dora" in summary and "lora" in summary:
         od = [x["median_step_ms"] / y["median_step_ms"] for x, y in zip(pick("adapters", "dora"), pick("adapters", "lora"))]
         pd = [x["median_step_ms"] / y["median_step_ms"] for x, y in zip(pick("peft", "dora"), pick("peft", "lora"))]

@@ -150,10 +150,10 @@ pub const fn training_state_bytes(trainable: usize) -> Option<usize> {
 }
 
 /// Activation bytes an adapted linear layer keeps for the backward pass, per token. With
-/// activations in the adapter dtype (f32) the layer is one fused node (`ops::lora_matmul`): its
-/// input and output, and for DoRA the pre-scale product the magnitude's gradient needs. Otherwise
-/// (bf16 / f16 activations, f32 adapters) the composed path also keeps the input cast to f32,
-/// `x·Aᵀ` and `x·Aᵀ·Bᵀ` in f32.
+/// activations in the adapter dtype (f32) the layer is one fused node (`ops::lora_matmul`,
+/// `ops::dora_matmul`): its input and output, for LoRA and DoRA alike (DoRA's magnitude gradient
+/// comes from the output). Otherwise (bf16 / f16 activations, f32 adapters) the composed path also
+/// keeps the input cast to f32, `x·Aᵀ` and `x·Aᵀ·Bᵀ` in f32, and for DoRA the pre-scale sum.
 pub const fn activation_bytes_adapted_linear(
     method: Method,
     din: usize,
@@ -163,17 +163,16 @@ pub const fn activation_bytes_adapted_linear(
 ) -> Option<usize> {
     let a = Some(act.size_in_bytes());
     let f32b = Some(ADAPTER_PARAM_BYTES);
-    let lora = if act.size_in_bytes() == ADAPTER_PARAM_BYTES {
-        sum(&[mul(Some(din), a), mul(Some(dout), a)])
-    } else {
-        sum(&[
-            mul(Some(din), a),
-            mul(Some(din), f32b),
-            mul(Some(rank), f32b),
-            mul(Some(dout), f32b),
-            mul(Some(dout), a),
-        ])
-    };
+    if act.size_in_bytes() == ADAPTER_PARAM_BYTES {
+        return sum(&[mul(Some(din), a), mul(Some(dout), a)]);
+    }
+    let lora = sum(&[
+        mul(Some(din), a),
+        mul(Some(din), f32b),
+        mul(Some(rank), f32b),
+        mul(Some(dout), f32b),
+        mul(Some(dout), a),
+    ]);
     match method {
         Method::Lora => lora,
         Method::Dora => add(lora, mul(Some(dout), a)),
@@ -181,9 +180,9 @@ pub const fn activation_bytes_adapted_linear(
 }
 
 /// Activation bytes a Llama decoder layer keeps per token besides its projections' inputs and
-/// outputs (the forward of `models::llama`): the head-split copies of q, k and v, the scaled and
-/// rotated q and k, the repeated k and v heads, the attention output and its merged-heads copy
-/// (`7·heads·head_dim + 4·kv_heads·head_dim`), the SwiGLU activation and product (`2·inter`), two
+/// outputs (the forward of `models::llama`): the head-split copies of q, k and v, the rotated and
+/// scaled q, the rotated k, the attention output and its merged-heads copy
+/// (`5·heads·head_dim + 3·kv_heads·head_dim`; grouped-query attention repeats no heads), the SwiGLU activation and product (`2·inter`), two
 /// residual sums (`2·hidden`), all in the activation dtype; and the attention scores, their
 /// masked copy and the softmax (`3·heads·seq`, f32).
 pub const fn activation_bytes_llama_layer(
@@ -199,7 +198,7 @@ pub const fn activation_bytes_llama_layer(
     let q = mul(Some(heads), Some(head_dim));
     let kv = mul(Some(kv_heads), Some(head_dim));
     sum(&[
-        mul(add(mul(q, Some(7)), mul(kv, Some(4))), a),
+        mul(add(mul(q, Some(5)), mul(kv, Some(3))), a),
         mul(mul(Some(inter), Some(2)), a),
         mul(mul(Some(hidden), Some(2)), a),
         mul(mul(Some(heads), Some(seq)), Some(3 * ADAPTER_PARAM_BYTES)),

@@ -101,15 +101,15 @@ fn estimate_prints_the_breakdown() {
     let out = text(&o.stdout);
     // 21,286,528 B for the weights, adapter state and the projections' activations, plus per
     // token the decoder's own activations (hidden 64, MLP 160, 4 heads / 2 kv heads of 16,
-    // bf16): per layer (7·64 + 4·32)·2 + 2·160·2 + 2·64·2 = 2048 B and 3·4·128·4 = 6144 B of
-    // attention scores, two layers, and 64·(2 + 4) = 384 B after the last: 16,768 B × 4096.
+    // bf16): per layer (5·64 + 3·32)·2 + 2·160·2 + 2·64·2 = 1728 B and 3·4·128·4 = 6144 B of
+    // attention scores, two layers, and 64·(2 + 4) = 384 B after the last: 16,128 B × 4096.
     for s in [
         "base weights",
         "98,624",
         "optimizer state",
         "activations",
         "total",
-        "89,968,256 B",
+        "87,346,816 B",
     ] {
         assert!(out.contains(s), "{s} in:\n{out}");
     }

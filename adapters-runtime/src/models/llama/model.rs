@@ -103,33 +103,28 @@ impl Attention {
             .rope
             .apply(&heads(self.k_proj.forward(x)?, self.n_kv_heads)?)?;
         let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
-        let rep = self.n_heads / self.n_kv_heads;
-        let k = repeat_kv(k, rep)?;
-        let v = repeat_kv(v, rep)?;
+        let (h, kv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let rep = h / kv;
         // The 1/√d scale on q ([b, h, t, d]) rather than on the [b, h, t, t] scores: one fewer
         // t × t buffer kept for the backward pass.
-        let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
-        let scores = q.matmul(&k.t()?)?;
+        let q = (q * (1.0 / (d as f64).sqrt()))?;
+        // Grouped-query attention without repeating k and v: the `rep` query heads that share a
+        // key/value head are adjacent, so q as [b, kv, rep·t, d] multiplies that head's k and v
+        // directly (the same dot products as repeated heads, no [b, h, t, d] copies of k and v).
+        let scores = q
+            .reshape((b, kv, rep * t, d))?
+            .matmul(&k.t()?)?
+            .reshape((b, h, t, t))?;
         let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
         let probs = softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        let out =
-            probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((b, t, self.n_heads * self.head_dim))?;
+        let out = probs
+            .reshape((b, kv, rep * t, t))?
+            .matmul(&v)?
+            .reshape((b, h, t, d))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * d))?;
         self.o_proj.forward(&out)
     }
-}
-
-/// `[b, n_kv, t, d]` → `[b, n_kv·rep, t, d]`, each key/value head repeated `rep` times.
-fn repeat_kv(x: Tensor, rep: usize) -> candle_core::Result<Tensor> {
-    if rep == 1 {
-        return Ok(x);
-    }
-    let (b, n, t, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .broadcast_as((b, n, rep, t, d))?
-        .reshape((b, n * rep, t, d))
 }
 
 /// The SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))`.
