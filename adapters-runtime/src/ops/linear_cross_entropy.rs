@@ -445,6 +445,39 @@ mod tests {
         }
     }
 
+    /// The composed chunk (other devices) against the CPU kernel: loss and `∂/∂logits`.
+    #[test]
+    fn composed_chunk_matches_the_cpu_kernel() {
+        let dev = Device::Cpu;
+        let (c, v) = (5, 9);
+        let logits = Tensor::randn(0f32, 3.0, (c, v), &dev).unwrap();
+        let t: Vec<u32> = vec![0, 8, 4, 4, 1];
+        let wv: Vec<f32> = vec![1.0, 0.0, 0.25, 1.0, 2.0];
+        let (loss, g) = cpu_chunk(
+            &logits.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            v,
+            &t,
+            &wv,
+            true,
+        );
+        let (l2, g2) = composed_chunk(
+            &logits,
+            &Tensor::new(t.as_slice(), &dev).unwrap(),
+            &Tensor::new(wv.as_slice(), &dev).unwrap(),
+            true,
+        )
+        .unwrap();
+        let l2 = l2.to_scalar::<f32>().unwrap() as f64;
+        assert!(
+            (loss - l2).abs() < 1e-5 * loss.abs().max(1.0),
+            "{loss} vs {l2}"
+        );
+        let g2 = g2.unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (a, b) in g.iter().zip(&g2) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+
     #[test]
     fn rejects_out_of_vocabulary_targets() {
         let dev = Device::Cpu;
