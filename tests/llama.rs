@@ -177,3 +177,46 @@ fn llama_loss_trains_every_adapter_tensor() {
     }
     assert!(losses[3] < losses[0], "the loss falls: {losses:?}");
 }
+
+/// Pretraining (`init_random`, every base weight a variable) trains an untied `lm_head` too: its
+/// weight gets a non-zero gradient, as every other base weight does.
+#[test]
+fn trainable_untied_head_gets_a_gradient() {
+    use adapters_runtime::models::llama::{init_random, LlamaConfig};
+    let cfg: LlamaConfig = serde_json::from_str(
+        r#"{"hidden_size":16,"intermediate_size":32,"num_hidden_layers":1,
+            "num_attention_heads":2,"num_key_value_heads":1,"vocab_size":11,
+            "tie_word_embeddings":false}"#,
+    )
+    .unwrap();
+    let (m, varmap) = init_random(&cfg, DType::F32, &test_device(), 5).unwrap();
+    let ids = Tensor::new(&[[1u32, 4, 7, 2]], &test_device()).unwrap();
+    let grads = m
+        .forward(&ids)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let vars = varmap.data().lock().unwrap();
+    for (name, v) in vars.iter() {
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
+        let n = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(n > 0.0, "{name}: zero gradient");
+    }
+    assert!(
+        vars.keys().any(|k| k.contains("lm_head")),
+        "{:?}",
+        vars.keys()
+    );
+}

@@ -330,6 +330,8 @@ impl Llama {
     /// Logits from final-normed hidden states.
     fn project(&self, h: &Tensor) -> candle_core::Result<Tensor> {
         match &self.lm_head {
+            // A trainable head (pretraining) needs its gradient: a plain matmul.
+            LmHead::Untied(w) if w.track_op() => h.broadcast_matmul(&w.t()?),
             LmHead::Untied(w) => frozen_matmul(h, w),
             LmHead::Tied => {
                 let table = self.embed_tokens.embeddings();
