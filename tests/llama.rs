@@ -14,6 +14,23 @@ use common::{assert_close, fixture_dir, load, test_device};
 /// Relative bound in f32 (observed ≤ 2e-6).
 const TOL: f64 = 1e-5;
 
+/// `Σ g²` of `v`'s gradient in `grads`, panicking with `name` when there is none.
+fn grad_sq(
+    grads: &adapters_runtime::candle_core::backprop::GradStore,
+    v: &Tensor,
+    name: &str,
+) -> f32 {
+    grads
+        .get(v)
+        .unwrap_or_else(|| panic!("{name}: no gradient"))
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn ids() -> Tensor {
     let ids = load("tiny_llama_dora", "io.safetensors")["input_ids"]
         .to_dtype(DType::U32)
@@ -98,17 +115,10 @@ fn every_adapter_tensor_gets_a_gradient() {
         .backward()
         .unwrap();
     for (name, v) in &vars {
-        let g = grads
-            .get(v.as_tensor())
-            .unwrap_or_else(|| panic!("{name}: no gradient"));
-        let norm = g
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(norm > 0.0, "{name}: zero gradient");
+        assert!(
+            grad_sq(&grads, v.as_tensor(), name) > 0.0,
+            "{name}: zero gradient"
+        );
     }
 }
 
@@ -160,15 +170,7 @@ fn llama_loss_trains_every_adapter_tensor() {
         m.check_gradients(&grads).unwrap();
         if step == 2 {
             for (name, v) in &vars {
-                let n = grads
-                    .get(v.as_tensor())
-                    .unwrap()
-                    .sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let n = grad_sq(&grads, v.as_tensor(), name);
                 assert!(n > 0.0, "{name}: zero gradient at step 2");
             }
         }
@@ -202,17 +204,10 @@ fn trainable_untied_head_gets_a_gradient() {
         .unwrap();
     let vars = varmap.data().lock().unwrap();
     for (name, v) in vars.iter() {
-        let g = grads
-            .get(v.as_tensor())
-            .unwrap_or_else(|| panic!("{name}: no gradient"));
-        let n = g
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(n > 0.0, "{name}: zero gradient");
+        assert!(
+            grad_sq(&grads, v.as_tensor(), name) > 0.0,
+            "{name}: zero gradient"
+        );
     }
     assert!(
         vars.keys().any(|k| k.contains("lm_head")),

@@ -445,6 +445,43 @@ mod tests {
         }
     }
 
+    /// Products large enough to be split across threads (40 rows × 2 000 logits × 64), f64,
+    /// against full-logit autograd.
+    #[test]
+    fn split_products_match_full_logits() {
+        let dev = Device::Cpu;
+        let (n, hid, v) = (40, 64, 2000);
+        let h = Var::from_tensor(&Tensor::randn(0f64, 1.0, (n, hid), &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f64, 0.2, (v, hid), &dev).unwrap();
+        let t: Vec<u32> = (0..n as u32).map(|i| (i * 37) % v as u32).collect();
+        let wts = Tensor::ones(n, DType::F32, &dev).unwrap();
+        let want = reference(h.as_tensor(), &w, &t, &wts.to_dtype(DType::F64).unwrap());
+        let got = linear_cross_entropy(
+            h.as_tensor(),
+            &w,
+            &Tensor::new(t.as_slice(), &dev).unwrap(),
+            &wts,
+        )
+        .unwrap();
+        let (a, b) = (
+            got.to_scalar::<f64>().unwrap(),
+            want.to_scalar::<f64>().unwrap(),
+        );
+        assert!(((a - b) / b).abs() < 1e-12, "{a} vs {b}");
+        let (gg, gw) = (got.backward().unwrap(), want.backward().unwrap());
+        let d = (gg.get(h.as_tensor()).unwrap() - gw.get(h.as_tensor()).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(d < 1e-12, "dh max abs diff {d}");
+    }
+
     /// The composed chunk (other devices) against the CPU kernel: loss and `∂/∂logits`.
     #[test]
     fn composed_chunk_matches_the_cpu_kernel() {

@@ -530,6 +530,12 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device, Var};
 
+    /// A variable of N(0, scale²) values in `dt`.
+    fn rvar(scale: f32, shape: impl Into<candle_core::Shape>, dt: DType) -> Var {
+        let t = Tensor::randn(0f32, scale, shape, &Device::Cpu).unwrap();
+        Var::from_tensor(&t.to_dtype(dt).unwrap()).unwrap()
+    }
+
     /// The composed expression the op replaces, built from candle ops (its own autograd).
     fn composed(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, s: f64) -> Tensor {
         let base = x.broadcast_matmul(&w.t().unwrap()).unwrap();
@@ -572,20 +578,8 @@ mod tests {
                 .unwrap()
                 .to_dtype(dt)
                 .unwrap();
-            let a = Var::from_tensor(
-                &Tensor::randn(0f32, 0.3, (r, k), &dev)
-                    .unwrap()
-                    .to_dtype(dt)
-                    .unwrap(),
-            )
-            .unwrap();
-            let b = Var::from_tensor(
-                &Tensor::randn(0f32, 0.3, (n, r), &dev)
-                    .unwrap()
-                    .to_dtype(dt)
-                    .unwrap(),
-            )
-            .unwrap();
+            let a = rvar(0.3, (r, k), dt);
+            let b = rvar(0.3, (n, r), dt);
             let g = Tensor::randn(0f32, 1.0, (bsz, t, n), &dev)
                 .unwrap()
                 .to_dtype(dt)
@@ -627,13 +621,7 @@ mod tests {
         for (dt, tol) in [(DType::F64, 1e-11), (DType::F32, 2e-5), (DType::BF16, 5e-2)] {
             for zero_m in [false, true] {
                 let (t, k, r, n, s) = (6, 16, 3, 9, 0.5);
-                let x = Var::from_tensor(
-                    &Tensor::randn(0f32, 1.0, (t, k), &dev)
-                        .unwrap()
-                        .to_dtype(dt)
-                        .unwrap(),
-                )
-                .unwrap();
+                let x = rvar(1.0, (t, k), dt);
                 let mut w = Tensor::randn(0f32, 0.3, (n, k), &dev).unwrap();
                 w = w
                     .slice_assign(
@@ -642,13 +630,7 @@ mod tests {
                     )
                     .unwrap();
                 let w = w.to_dtype(dt).unwrap();
-                let a = Var::from_tensor(
-                    &Tensor::randn(0f32, 0.3, (r, k), &dev)
-                        .unwrap()
-                        .to_dtype(dt)
-                        .unwrap(),
-                )
-                .unwrap();
+                let a = rvar(0.3, (r, k), dt);
                 let mut b0 = Tensor::randn(0f32, 0.3, (n, r), &dev).unwrap();
                 b0 = b0
                     .slice_assign(

@@ -9,12 +9,13 @@ use crate::ops::linear_cross_entropy;
 use crate::train::batch::Batch;
 use candle_core::{DType, Tensor, D};
 
-fn check(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<()> {
-    let dims = logits.dims();
+/// `x` is `[B, T, ·]` (`what` names it) and `targets`, `mask` are `[B, T]`.
+fn check_as(what_x: &str, x: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<()> {
+    let dims = x.dims();
     if dims.len() != 3 {
         return Err(AdapterError::ShapeMismatch {
             layer: "loss".into(),
-            what: "logits [B, T, V]".into(),
+            what: what_x.into(),
             expected: vec![0, 0, 0],
             actual: dims.to_vec(),
         });
@@ -30,6 +31,10 @@ fn check(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn check(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<()> {
+    check_as("logits [B, T, V]", logits, targets, mask)
 }
 
 /// Per-position negative log-likelihood `[B, T]` (f32) of `targets` under `logits` `[B, T, V]`:
@@ -92,25 +97,8 @@ pub fn causal_lm_loss_sum(
     targets: &Tensor,
     mask: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
+    check_as("hidden states [B, T, H]", hidden, targets, mask)?;
     let dims = hidden.dims();
-    if dims.len() != 3 {
-        return Err(AdapterError::ShapeMismatch {
-            layer: "loss".into(),
-            what: "hidden states [B, T, H]".into(),
-            expected: vec![0, 0, 0],
-            actual: dims.to_vec(),
-        });
-    }
-    for (what, t) in [("targets", targets), ("loss_mask", mask)] {
-        if t.dims() != &dims[..2] {
-            return Err(AdapterError::ShapeMismatch {
-                layer: "loss".into(),
-                what: what.into(),
-                expected: dims[..2].to_vec(),
-                actual: t.dims().to_vec(),
-            });
-        }
-    }
     let n = dims[0] * dims[1];
     let h = hidden.reshape((n, dims[2]))?;
     let mask = mask.to_dtype(DType::F32)?.flatten_all()?;
