@@ -83,7 +83,7 @@ struct Args {
     )]
     targets: String,
     /// Optimizer steps.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 400)]
     steps: u64,
     /// Peak learning rate (linear warmup, cosine decay).
     #[arg(long, default_value_t = 3e-3)]
