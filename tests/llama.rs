@@ -84,15 +84,22 @@ fn reproduces_transformers_and_peft_logits() {
     );
 }
 
-#[test]
-fn every_adapter_tensor_gets_a_gradient() {
+/// The fixture's base model (f32, frozen) with the default DoRA adapters attached everywhere
+/// (embedding and all projections), seeded by `seed`.
+fn adapted_fixture(seed: u64) -> (adapters_runtime::models::llama::Llama, VarMap) {
     let dir = fixture_dir("tiny_llama_dora").join("model");
     let mut m = load_pretrained(&dir, DType::F32, &test_device(), BaseMode::Frozen)
         .unwrap()
         .model;
     let varmap = VarMap::new();
+    m.attach_adapters(&varmap, seed).unwrap();
+    (m, varmap)
+}
+
+#[test]
+fn every_adapter_tensor_gets_a_gradient() {
     // Embedding too, so the lowest layer of the model is covered.
-    m.attach_adapters(&varmap, 7).unwrap();
+    let (m, _varmap) = adapted_fixture(7);
     let vars = m.named_trainable_vars().unwrap();
     assert_eq!(
         vars.len(),
@@ -132,12 +139,7 @@ fn llama_loss_trains_every_adapter_tensor() {
     use adapters_runtime::train::{
         llama_loss, masked_cross_entropy, AdamW, AdamWConfig, Batch, Grads,
     };
-    let dir = fixture_dir("tiny_llama_dora").join("model");
-    let mut m = load_pretrained(&dir, DType::F32, &test_device(), BaseMode::Frozen)
-        .unwrap()
-        .model;
-    let varmap = VarMap::new();
-    m.attach_adapters(&varmap, 11).unwrap();
+    let (m, _varmap) = adapted_fixture(11);
     let vars = m.named_trainable_vars().unwrap();
     assert_eq!(vars.len(), 3 * 15);
     let all = ids();

@@ -6,7 +6,7 @@
 //! on `free`; mimalloc by default gives freed memory back to the OS ("purges") after a delay (1 s in
 //! mimalloc 3). Either
 //! way the next step faults the pages in again and the kernel zeroes them: on a 135M-parameter
-//! model that was 17 % of a CPU step. This allocator never purges: freed memory stays mapped and is
+//! model, thousands of page faults and 6–40 % longer steps (BENCHMARKS.md). This allocator never purges: freed memory stays mapped and is
 //! reused by the next step, so the resident set stays at the step's peak (it does not grow beyond
 //! it) and a steady-state step takes no page faults (`bench_train` reports faults per step).
 //!
