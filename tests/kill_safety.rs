@@ -6,7 +6,9 @@
 //! and the previous / last complete output must still load. A final, uninterrupted run must
 //! leave no `.partial`, `.old`, `.deleting` or `.tmp*` entry behind. A write past a file-size
 //! limit (`RLIMIT_FSIZE`, SIGXFSZ ignored: `write` fails with EFBIG as on a full disk) must exit
-//! with a clear error and leave the previous output intact.
+//! with a clear error and leave the previous output intact; so must a write to a really full
+//! filesystem and to a read-only one (a small tmpfs mounted for the test; skipped where mounting
+//! is not permitted).
 //!
 //! The workloads run in this test binary itself, re-executed with `ADAPTERS_KILL_ROLE` set (see
 //! [`kill_role`]); `merge` calls `merge_checkpoint` as `adapters merge --force` does.
@@ -458,6 +460,12 @@ fn run_size_limited(mut c: Command, bytes: u64) -> Output {
 }
 
 fn assert_clean_failure(what: &str, out: &Output, target: &Path) {
+    assert_failure_naming(what, out, target, "File too large");
+}
+
+/// The run exited with an error (no panic, no signal) whose message names the output's folder and
+/// `cause`, and left no partial beside the output.
+fn assert_failure_naming(what: &str, out: &Output, target: &Path, cause: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.code().is_some_and(|c| c != 0),
@@ -467,7 +475,7 @@ fn assert_clean_failure(what: &str, out: &Output, target: &Path) {
     assert!(!err.contains("panicked"), "{what}: panicked: {err}");
     let parent = target.parent().unwrap().to_string_lossy().into_owned();
     assert!(
-        err.contains("File too large") && err.contains(&*parent),
+        err.contains(cause) && err.contains(&*parent),
         "{what}: the error should name the file and the cause: {err}"
     );
     let left = leftovers(target.parent().unwrap());
@@ -534,5 +542,184 @@ fn a_file_size_limit_fails_cleanly_and_loses_nothing() {
     let out = run_size_limited((w.command)(), 1024);
     assert_clean_failure("merge (file)", &out, &w.target);
     assert!(snapshot(&w.target) == before, "the previous merge changed");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A really full filesystem and a read-only one: a small tmpfs mounted for the test.
+
+/// A tmpfs mounted at a folder, unmounted (lazily) on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `bytes` at `dir`; `None` (the test is skipped) where that is not
+    /// permitted (not root, no `CAP_SYS_ADMIN`, a container without mounts).
+    fn mount(dir: &Path, bytes: u64) -> Option<Tmpfs> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::create_dir_all(dir).unwrap();
+        let target = CString::new(dir.as_os_str().as_bytes()).unwrap();
+        let opts = CString::new(format!("size={bytes},mode=0755")).unwrap();
+        // SAFETY: valid NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            eprintln!(
+                "skipped: cannot mount a tmpfs at {}: {}",
+                dir.display(),
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        Some(Tmpfs(dir.to_path_buf()))
+    }
+
+    /// Remounts it read-only.
+    fn make_read_only(&self) {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let target = CString::new(self.0.as_os_str().as_bytes()).unwrap();
+        // SAFETY: as in `mount`.
+        let rc = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "remount read-only: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let target = CString::new(self.0.as_os_str().as_bytes()).unwrap();
+        // SAFETY: as in `mount`.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Fills the filesystem holding `dir` until a write fails with ENOSPC.
+fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let block = vec![0x5au8; 4096];
+    loop {
+        match f.write_all(&block) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling {}: {e}", dir.display()),
+        }
+    }
+    // A few more bytes than a page may still fit; write them too so the disk is really full.
+    while f.write(&[0u8; 1]).is_ok_and(|n| n == 1) {}
+}
+
+/// The four writers with outputs under `root`, each output made once (complete).
+fn writers_in(root: &Path) -> Vec<Writer> {
+    let case = fixture("tiny_llama_dora");
+    let lora = fixture("lora_r4");
+    let mut v = vec![save_adapter_writer(root), train_writer(&root.join("ckpt"))];
+    for w in &v {
+        run_to_end((w.command)());
+    }
+    v.push(merge_writer(
+        "merge (folder)",
+        case.join("model"),
+        case.join("adapter"),
+        root.join("merged"),
+    ));
+    v.push(merge_writer(
+        "merge (file)",
+        lora.join("base.safetensors"),
+        lora.join("adapter"),
+        root.join("merged.safetensors"),
+    ));
+    v
+}
+
+/// Every file under `root` (recursively) with its bytes, minus the filler.
+fn tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.file_name().is_some_and(|n| n != "filler") {
+                let bytes = std::fs::read(&p).unwrap();
+                out.push((p, bytes));
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(root, &mut v);
+    v.sort();
+    v
+}
+
+/// Runs each writer again over `root` once `break_it` has made writing impossible: each must exit
+/// with an error naming its output folder and `cause`; every previous output must stay
+/// byte-for-byte unchanged, still load, and have no partial beside it.
+fn writers_fail_cleanly(root: &Path, break_it: impl FnOnce(&Path), cause: &str) {
+    let writers = writers_in(root);
+    let before = tree(root);
+    break_it(root);
+    for w in &writers {
+        let out = (w.command)()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        // The trainer's errors name the checkpoint folder, the others the output's parent.
+        let named = if w.target.ends_with("ckpt") {
+            w.target.join("step-00000001")
+        } else {
+            w.target.clone()
+        };
+        assert_failure_naming(w.name, &out, &named, cause);
+        if w.target.is_dir() {
+            let left = leftovers(&w.target);
+            assert!(left.is_empty(), "{}: left inside: {left:?}", w.name);
+        }
+    }
+    assert!(tree(root) == before, "a previous output changed");
+    for w in &writers {
+        (w.check)(&w.target);
+    }
+}
+
+#[test]
+fn a_full_filesystem_fails_cleanly_and_loses_nothing() {
+    let dir = scratch("kill-enospc");
+    if let Some(fs) = Tmpfs::mount(&dir, 4 << 20) {
+        writers_fail_cleanly(&dir, fill, "No space left on device");
+        drop(fs);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_read_only_filesystem_error_names_the_path() {
+    let dir = scratch("kill-erofs");
+    if let Some(fs) = Tmpfs::mount(&dir, 4 << 20) {
+        writers_fail_cleanly(&dir, |_| fs.make_read_only(), "Read-only file system");
+        drop(fs);
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
