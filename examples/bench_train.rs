@@ -197,7 +197,7 @@ fn random_sequences(args: &Args, vocab: usize) -> Vec<Sequence> {
 }
 
 fn run(args: Args) -> Res<()> {
-    let start_rss = proc_status_kib("VmRSS:").map(|k| k * 1024);
+    let start_rss = adapters_runtime::alloc::rss_bytes();
     if args.batch == 0 || args.seq == 0 || args.steps == 0 {
         return Err("--batch, --seq and --steps must be at least 1".into());
     }
@@ -306,7 +306,7 @@ fn run(args: Args) -> Res<()> {
         median_step_ms: med,
         median_forward_ms: median(&mut forward_ms[warmup..].to_vec()),
         tokens_per_sec: tokens_per_step as f64 / (med / 1e3),
-        peak_rss_bytes: proc_status_kib("VmHWM:").map(|k| k * 1024),
+        peak_rss_bytes: adapters_runtime::alloc::peak_rss_bytes(),
         start_rss_bytes: start_rss,
         peak_gpu_bytes: None,
         estimate_bytes: estimate.total_bytes,
@@ -333,13 +333,6 @@ fn run(args: Args) -> Res<()> {
             .unwrap_or_else(|| "n/a".into()),
     );
     bench::write_json(args.json.as_deref(), &[rec])
-}
-
-/// A `/proc/self/status` field in KiB (Linux): `VmHWM:` (peak resident set), `VmRSS:`.
-fn proc_status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Minor page faults of the process so far (Linux `/proc/self/stat`, field 10).

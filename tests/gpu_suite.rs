@@ -8,7 +8,8 @@
 //! fixture, PEFT checkpoints (save / load), the training loop and the trainer's numerics, the
 //! `nn` drop-ins (forwards against candle's fused ops, gradients against finite differences and
 //! the unfused compositions), a forked candle-transformers Llama trained with them, and the
-//! non-finite-weight refusals and DoRA over all-zero base rows.
+//! non-finite-weight refusals and DoRA over all-zero base rows, and QLoRA / QDoRA over NF4 and
+//! GGML bases (the quantized product and dequantization on the device).
 
 // Each test file declares its own helper module (`mod common;`, …), as when built alone.
 #![allow(clippy::duplicate_mod)]
@@ -33,6 +34,8 @@ mod nn_rope_tables;
 mod non_finite;
 #[path = "peft_fixtures.rs"]
 mod peft_fixtures;
+#[path = "qlora.rs"]
+mod qlora;
 #[path = "train_loop.rs"]
 mod train_loop;
 #[path = "train_numerics.rs"]

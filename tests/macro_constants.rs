@@ -207,3 +207,129 @@ mod embedding {
         assert_eq!(Embed::VRAM_BYTES, 2 * 64_000 + 16 * 8_512 + 10 * 416);
     }
 }
+
+/// QLoRA: Llama-7B's adapted projections stored in NF4 (`quant = "nf4"`), embeddings and the head
+/// in bf16; adapters, their training state and the activations as without `quant`.
+mod qlora {
+    use super::{H, LAYERS, MLP, VOCAB};
+    use adapters_runtime::adapter;
+    use adapters_runtime::candle_nn::{Embedding, Linear};
+
+    #[adapter(dora, rank = 16, alpha = 32.0, quant = "nf4")]
+    pub struct Attention {
+        #[adapt(in = H, out = H)]
+        q_proj: Linear,
+        #[adapt(in = H, out = H)]
+        k_proj: Linear,
+        #[adapt(in = H, out = H)]
+        v_proj: Linear,
+        #[adapt(in = H, out = H)]
+        o_proj: Linear,
+    }
+
+    #[adapter(dora, rank = 16, alpha = 32.0, quant = "nf4")]
+    pub struct Mlp {
+        #[adapt(in = H, out = MLP)]
+        gate_proj: Linear,
+        #[adapt(in = H, out = MLP)]
+        up_proj: Linear,
+        #[adapt(in = MLP, out = H)]
+        down_proj: Linear,
+    }
+
+    #[adapter]
+    pub struct Block {
+        #[nested]
+        self_attn: Attention,
+        #[nested]
+        mlp: Mlp,
+    }
+
+    // The dense model (50 456 166 400 bytes, above) would exceed this budget.
+    #[adapter(batch_tokens = 2048, max_vram = "40 GiB")]
+    pub struct Llama {
+        #[frozen(in = VOCAB, out = H)]
+        embed_tokens: Embedding,
+        #[nested(count = LAYERS)]
+        layers: Vec<Block>,
+        #[frozen(in = H, out = VOCAB)]
+        lm_head: Linear,
+    }
+
+    #[test]
+    fn llama_7b_nf4_constants() {
+        // NF4 [4096, 4096], n = 16 777 216: n/2 = 8 388 608 code bytes, n/64 = 262 144 absmax
+        // codes, ⌈262 144 / 256⌉ = 1 024 f32 scales = 4 096 bytes, one f32 mean: 8 654 852;
+        // four of them.
+        assert_eq!(Attention::BASE_BYTES, 34_619_408);
+        // NF4 [11008, 4096] and [4096, 11008], n = 45 088 768: 22 544 384 + 704 512
+        // + 4 · 2 752 + 4 = 23 259 908 each.
+        assert_eq!(Mlp::BASE_BYTES, 3 * 23_259_908);
+        assert_eq!(Mlp::BASE_BYTES, 69_779_724);
+        assert_eq!(Block::BASE_BYTES, 104_399_132);
+        // 32 · 104 399 132 = 3 340 772 224, + bf16 embedding and head 2 · 2 · 131 072 000.
+        assert_eq!(Llama::BASE_BYTES, 3_865_060_224);
+        // What is stored differs; what is counted does not.
+        assert_eq!(Llama::FROZEN_PARAMS, 6_738_149_376);
+        assert_eq!(Llama::TRAINABLE_PARAMS, 41_336_832);
+        assert_eq!(Llama::ACTIVATION_BYTES_PER_TOKEN, 17_733_632);
+        // 3 865 060 224 + 16 · 41 336 832 = 661 389 312 + 2048 · 17 733 632 = 36 318 478 336.
+        assert_eq!(Llama::VRAM_BYTES, 40_844_927_872);
+        assert_eq!(Block::VRAM_BYTES, 104_399_132 + 16 * 1_291_776);
+    }
+}
+
+/// Every name `QuantFormat::name` gives is a `quant` the macro accepts, for that format.
+mod quant_names {
+    use adapters_runtime::adapter;
+    use adapters_runtime::candle_nn::Linear;
+    use adapters_runtime::estimate::{quant_weight_bytes, QuantFormat};
+
+    macro_rules! per_format {
+        ($($ty:ident $name:literal $variant:ident,)*) => {
+            $(
+                #[adapter(lora, rank = 1, alpha = 1.0, dtype = "f32", quant = $name)]
+                pub struct $ty {
+                    #[adapt(in = 512, out = 3, bias = true)]
+                    w: Linear,
+                }
+            )*
+
+            #[test]
+            fn every_format() {
+                let mut names = Vec::new();
+                $(
+                    assert_eq!(QuantFormat::$variant.name(), $name);
+                    assert_eq!(
+                        $ty::BASE_BYTES,
+                        quant_weight_bytes(QuantFormat::$variant, 3, 512).unwrap() + 4 * 3,
+                        "{}", $name
+                    );
+                    names.push($name);
+                )*
+                assert_eq!(names, QuantFormat::ALL.map(QuantFormat::name));
+                // Hand-computed: NF4 on 1 536 weights = 768 + 24 + 4 + 4 = 800; Q4_0 3 · 16 · 18
+                // = 864; Q4_K 3 · 2 · 144 = 864; Q8_K 3 · 2 · 292 = 1 752; + f32 bias 12.
+                assert_eq!(Nf4::BASE_BYTES, 812);
+                assert_eq!(Q4_0::BASE_BYTES, 876);
+                assert_eq!(Q4k::BASE_BYTES, 876);
+                assert_eq!(Q8k::BASE_BYTES, 1_764);
+            }
+        };
+    }
+
+    per_format! {
+        Nf4 "nf4" Nf4,
+        Q4_0 "q4_0" Q4_0,
+        Q4_1 "q4_1" Q4_1,
+        Q5_0 "q5_0" Q5_0,
+        Q5_1 "q5_1" Q5_1,
+        Q8_0 "q8_0" Q8_0,
+        Q2k "q2k" Q2K,
+        Q3k "q3k" Q3K,
+        Q4k "q4k" Q4K,
+        Q5k "q5k" Q5K,
+        Q6k "q6k" Q6K,
+        Q8k "q8k" Q8K,
+    }
+}

@@ -64,6 +64,58 @@ pub enum DType {
     F16,
 }
 
+/// `quant = "..."`: a quantized storage format of the adapted linear layers' frozen weights, one
+/// of `adapters_runtime::estimate::QuantFormat` (the macro cannot call the runtime, so this table
+/// mirrors `QuantFormat::name` and `QuantFormat::block_elems`; the byte formulas stay in the
+/// runtime).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Quant {
+    /// The name as `QuantFormat::name` spells it (`nf4`, `q4_0`, `q4k`).
+    pub name: &'static str,
+    /// The `QuantFormat` variant.
+    pub variant: &'static str,
+    /// Elements per block along a row for the GGML formats (`None` for NF4, which takes any
+    /// shape): for messages only.
+    pub row_block: Option<usize>,
+}
+
+/// Every format `quant = "..."` accepts, in `QuantFormat::ALL` order.
+pub const QUANT_FORMATS: [Quant; 12] = [
+    Quant::new("nf4", "Nf4", None),
+    Quant::new("q4_0", "Q4_0", Some(32)),
+    Quant::new("q4_1", "Q4_1", Some(32)),
+    Quant::new("q5_0", "Q5_0", Some(32)),
+    Quant::new("q5_1", "Q5_1", Some(32)),
+    Quant::new("q8_0", "Q8_0", Some(32)),
+    Quant::new("q2k", "Q2K", Some(256)),
+    Quant::new("q3k", "Q3K", Some(256)),
+    Quant::new("q4k", "Q4K", Some(256)),
+    Quant::new("q5k", "Q5K", Some(256)),
+    Quant::new("q6k", "Q6K", Some(256)),
+    Quant::new("q8k", "Q8K", Some(256)),
+];
+
+impl Quant {
+    const fn new(name: &'static str, variant: &'static str, row_block: Option<usize>) -> Self {
+        Quant {
+            name,
+            variant,
+            row_block,
+        }
+    }
+
+    /// Looks a name up as `QuantFormat::parse` does: case-insensitively, also in llama.cpp's
+    /// spelling of the k-quants (`Q4_K` for `q4k`).
+    pub fn parse(s: &str) -> Option<Quant> {
+        let lower = s.to_ascii_lowercase();
+        let key = match lower.strip_suffix("_k") {
+            Some(head) if head.len() == 2 && head.starts_with('q') => format!("{head}k"),
+            _ => lower,
+        };
+        QUANT_FORMATS.into_iter().find(|q| q.name == key)
+    }
+}
+
 /// A budget's limit.
 pub enum Limit {
     /// A `usize` constant expression, as written.
@@ -89,6 +141,8 @@ pub struct ContainerAttr {
     pub init: Option<Spanned<Init>>,
     /// `dtype = "..."`.
     pub dtype: Option<Spanned<DType>>,
+    /// `quant = "..."`.
+    pub quant: Option<Spanned<Quant>>,
     /// `max_trainable_params = N`.
     pub max_trainable_params: Option<Spanned<Limit>>,
     /// `max_vram = "24 GiB" | N`.
@@ -114,6 +168,7 @@ pub const CONTAINER_KEYS: &[&str] = &[
     "rslora",
     "init",
     "dtype",
+    "quant",
     "max_trainable_params",
     "max_vram",
     "batch_tokens",
@@ -167,6 +222,7 @@ pub fn container(tokens: TokenStream, cx: &Ctxt) -> ContainerAttr {
                     ],
                 )
             }
+            "quant" => out.quant = quant(cx, a),
             "max_trainable_params" => {
                 out.max_trainable_params = const_expr(cx, a, "max_trainable_params = 60_000_000")
                     .map(|s| Spanned::new(a, Limit::Expr(s.value)))
@@ -475,6 +531,35 @@ fn choice<T: Copy>(cx: &Ctxt, a: &Arg, options: &[(&str, T)]) -> Option<Spanned<
             None
         }
     }
+}
+
+/// `quant = "nf4"`: one error at the string for an unknown name, with a suggestion and the list.
+fn quant(cx: &Ctxt, a: &Arg) -> Option<Spanned<Quant>> {
+    let s = str_lit(cx, a, "quant = \"nf4\"")?;
+    let v = s.value();
+    if let Some(q) = Quant::parse(&v) {
+        return Some(Spanned::new(a, q));
+    }
+    let names: Vec<&str> = QUANT_FORMATS.iter().map(|q| q.name).collect();
+    // `Q4_K_M` and the like name llama.cpp file types (mixes of formats): suggest the base one.
+    let lower = v.to_ascii_lowercase();
+    let base = lower
+        .rsplit_once('_')
+        .and_then(|(head, _)| Quant::parse(head))
+        .map(|q| q.name);
+    let formats = format!(
+        "formats are {} (llama.cpp's spellings such as `Q4_K` also work)",
+        crate::suggest::list(&names)
+    );
+    let tail = match base.or_else(|| crate::suggest::closest(&v, &names)) {
+        Some(c) => format!("did you mean `quant = \"{c}\"`? The {formats}"),
+        None => format!("the {formats}"),
+    };
+    cx.error_spanned(
+        s,
+        format!("unknown quant format in `quant = \"{v}\"`; {tail}"),
+    );
+    None
 }
 
 /// A `usize` constant expression (anything but a literal of another kind).

@@ -7,7 +7,7 @@ use syn::spanned::Spanned as _;
 use syn::Ident;
 
 use crate::ast::{Input, Layer, Shape};
-use crate::attr::{DType, Method, Role};
+use crate::attr::{DType, Method, Quant, Role};
 use crate::expand::respan;
 use crate::valid::unknown_reason;
 
@@ -23,12 +23,18 @@ struct Terms {
     trainable: Vec<TokenStream>,
     /// Frozen parameters of this struct's own fields.
     own_frozen: Vec<TokenStream>,
+    /// Bytes of this struct's own frozen weights, field by field (adapted `Linear` weights in
+    /// the `quant` format, if any).
+    own_base: Vec<TokenStream>,
     /// Frozen parameters of nested structs.
     nested_frozen: Vec<TokenStream>,
-    /// Base-weight bytes of nested structs (each in its own dtype).
+    /// Base-weight bytes of nested structs (each in its own storage).
     nested_base: Vec<TokenStream>,
     /// Activation bytes per token (nested included).
     act: Vec<TokenStream>,
+    /// Per adapted `Linear` field stored in a GGML format: whether its rows are whole blocks
+    /// (`QuantFormat::fits_row(format, in)`), and the error naming the field when they are not.
+    row_checks: Vec<(TokenStream, String)>,
 }
 
 /// The checked sum of `Option<usize>` terms (`estimate::sum`).
@@ -155,10 +161,10 @@ fn known_sizes(input: &Input, p: &TokenStream) -> TokenStream {
     let usize = quote!(::core::primitive::usize);
     let t = terms(input, p);
     let e = quote!(#p::estimate);
-    let dtype = dtype(input, p);
     let lets = &t.lets;
     let trainable = sum(&e, &t.trainable);
     let own_frozen = sum(&e, &t.own_frozen);
+    let own_base = sum(&e, &t.own_base);
     let nested_frozen = sum(&e, &t.nested_frozen);
     let nested_base = sum(&e, &t.nested_base);
     let act = sum(&e, &t.act);
@@ -172,21 +178,30 @@ fn known_sizes(input: &Input, p: &TokenStream) -> TokenStream {
         "the sizes of `{}` overflow `usize`: a dimension, rank or count is too large",
         input.item.ident
     );
-    let ok = quote! {{
-        #(#lets)*
-        let #bt: #usize = (#batch_tokens);
-        match #e::struct_sizes(
+    let mut sizes = quote! {
+        match #e::struct_sizes_stored(
             #trainable,
             #own_frozen,
+            #own_base,
             #nested_frozen,
             #nested_base,
             #act,
             #bt,
-            #dtype,
         ) {
             ::core::option::Option::Some(#sz) => ::core::result::Result::Ok(#sz),
             ::core::option::Option::None => ::core::result::Result::Err(#overflow),
         }
+    };
+    // A quantized row that is not whole blocks has no size: the first such field is the error.
+    for (fits, msg) in t.row_checks.iter().rev() {
+        sizes = quote! {
+            if #fits { #sizes } else { ::core::result::Result::Err(#msg) }
+        };
+    }
+    let ok = quote! {{
+        #(#lets)*
+        let #bt: #usize = (#batch_tokens);
+        #sizes
     }};
     if t.nested.is_empty() {
         return ok;
@@ -220,6 +235,24 @@ fn method(input: &Input, p: &TokenStream) -> TokenStream {
     }
 }
 
+/// The `estimate::BaseStorage` of this struct's adapted `Linear` weights.
+fn storage(input: &Input, p: &TokenStream) -> TokenStream {
+    let dt = dtype(input, p);
+    match input.attr.quant.as_ref() {
+        Some(q) => {
+            let v = quant_variant(&q.value, p);
+            quote!(#p::estimate::BaseStorage::Quant(#v, #dt))
+        }
+        None => quote!(#p::estimate::BaseStorage::Dense(#dt)),
+    }
+}
+
+/// `estimate::QuantFormat::<Variant>`.
+fn quant_variant(q: &Quant, p: &TokenStream) -> TokenStream {
+    let v = Ident::new(q.variant, Span::call_site());
+    quote!(#p::estimate::QuantFormat::#v)
+}
+
 fn dtype(input: &Input, p: &TokenStream) -> TokenStream {
     match input.attr.dtype.as_ref().map_or(DType::BF16, |d| d.value) {
         DType::F32 => quote!(#p::estimate::BaseDType::F32),
@@ -233,7 +266,9 @@ fn terms(input: &Input, p: &TokenStream) -> Terms {
     let e = quote!(#p::estimate);
     let m = method(input, p);
     let dt = dtype(input, p);
+    let storage = storage(input, p);
     let usize = quote!(::core::primitive::usize);
+    let some = quote!(::core::option::Option::Some);
     let mut t = Terms::default();
     for (n, f) in input.fields.iter().enumerate() {
         let Some(role) = &f.role else { continue };
@@ -260,23 +295,37 @@ fn terms(input: &Input, p: &TokenStream) -> Terms {
                 t.trainable.push(quote!(#e::adapter_params(#m, #i, #o, #r)));
                 if role.layer == Some(Layer::Embedding) {
                     t.own_frozen.push(quote!(#e::embedding_params(#i, #o)));
+                    t.own_base
+                        .push(quote!(#e::dense_base_bytes(#e::embedding_params(#i, #o), #dt)));
                     t.act
                         .push(quote!(#e::activation_bytes_adapted_embedding(#m, #o, #r, #dt)));
                 } else {
                     t.own_frozen.push(quote!(#e::linear_params(#i, #o, #bias)));
+                    t.own_base
+                        .push(quote!(#e::adapted_linear_base_bytes(#storage, #i, #o, #bias)));
                     t.act
                         .push(quote!(#e::activation_bytes_adapted_linear(#m, #i, #o, #r, #dt)));
+                    if let Some(check) = row_check(input, f.ident, &a.din, &i, p) {
+                        t.row_checks.push(check);
+                    }
                 }
             }
             Role::Frozen => {
                 if let Some(params) = &a.params {
                     let id = bind("params", &params.value);
-                    t.own_frozen.push(quote!(::core::option::Option::Some(#id)));
+                    t.own_frozen.push(quote!(#some(#id)));
+                    t.own_base
+                        .push(quote!(#e::dense_base_bytes(#some(#id), #dt)));
                 } else if let Some((i, o)) = dims {
                     if role.layer == Some(Layer::Embedding) {
                         t.own_frozen.push(quote!(#e::embedding_params(#i, #o)));
+                        t.own_base
+                            .push(quote!(#e::dense_base_bytes(#e::embedding_params(#i, #o), #dt)));
                     } else {
                         t.own_frozen.push(quote!(#e::linear_params(#i, #o, #bias)));
+                        t.own_base.push(
+                            quote!(#e::dense_base_bytes(#e::linear_params(#i, #o, #bias), #dt)),
+                        );
                         t.act
                             .push(quote!(#e::activation_bytes_frozen_linear(#i, #dt)));
                     }
@@ -302,7 +351,6 @@ fn terms(input: &Input, p: &TokenStream) -> Terms {
                 let sizes = local(&format!("__f{n}_sizes"));
                 let read = quote_spanned!(span=> <#elem as #ps::AdapterStruct>::SIZES);
                 t.nested.push((sizes.clone(), read));
-                let some = quote!(::core::option::Option::Some);
                 for (terms, i) in [
                     (&mut t.trainable, 0usize),
                     (&mut t.nested_frozen, 1),
@@ -317,11 +365,35 @@ fn terms(input: &Input, p: &TokenStream) -> Terms {
     t
 }
 
+/// For an adapted `Linear` field under a GGML `quant`: the condition that its rows (`in`
+/// elements) are whole blocks, and the error naming the field when they are not.
+fn row_check(
+    input: &Input,
+    field: &Ident,
+    din: &Option<crate::attr::Spanned<syn::Expr>>,
+    din_id: &Ident,
+    p: &TokenStream,
+) -> Option<(TokenStream, String)> {
+    let q = input.attr.quant.as_ref()?;
+    let block = q.value.row_block?;
+    let din = din.as_ref()?;
+    let format = quant_variant(&q.value, p);
+    let fits = quote!(#p::estimate::QuantFormat::fits_row(#format, #din_id));
+    let msg = format!(
+        "field `{field}` of `{name}` cannot be stored as `{q}`: GGML's `{q}` stores each row of the weight `[out, in]` in whole blocks of {block} elements, so `in` must be a multiple of {block}, but `{din}` is not; pick a format whose block divides `in` (`nf4` takes any shape)",
+        name = input.item.ident,
+        q = q.value.name,
+        din = crate::pretty::pretty(&din.tokens),
+    );
+    Some((fits, msg))
+}
+
 /// The rustdoc of each constant.
 struct Docs {
     unknown: Option<String>,
     name: String,
     dtype: &'static str,
+    quant: Option<&'static str>,
     batch_tokens: String,
 }
 
@@ -339,6 +411,7 @@ impl Docs {
                 DType::BF16 => "bf16",
                 DType::F16 => "f16",
             },
+            quant: input.attr.quant.as_ref().map(|q| q.value.name),
             batch_tokens: input.attr.batch_tokens.as_ref().map_or_else(
                 || "not set, so activations count as 0".into(),
                 |b| {
@@ -353,15 +426,25 @@ impl Docs {
 
     fn all(&self) -> [TokenStream; 6] {
         let n = &self.name;
+        let (base, base_row) = match self.quant {
+            Some(q) => (
+                format!("the adapted `Linear` weights in {q} (`estimate::adapted_linear_base_bytes`), their biases, embeddings and `#[frozen]` fields in {}", self.dtype),
+                format!("own adapted Linear weights in {q}, the rest × sizeof({})", self.dtype),
+            ),
+            None => (
+                format!("in {}", self.dtype),
+                format!("FROZEN_PARAMS × sizeof({})", self.dtype),
+            ),
+        };
         [
             format!("Trainable adapter parameters of `{n}`, nested structs included: per adapted layer `r·(in + out)`, plus `out` magnitudes for DoRA (`estimate::adapter_params`)."),
             format!("Frozen base parameters of `{n}`: the adapted layers' `W0` (and bias) plus every `#[frozen]` field, nested structs included."),
             format!("Bytes of `{n}`'s adapter weights (kept in f32): `estimate::adapter_bytes(TRAINABLE_PARAMS)`."),
-            format!("Bytes of `{n}`'s frozen base weights, in {} (nested structs in their own dtype).", self.dtype),
+            format!("Bytes of `{n}`'s frozen base weights, {base} (nested structs in their own storage)."),
             format!("Activation bytes `{n}` keeps per token for the backward pass (`estimate::activation_bytes_*`), nested structs included; an outer struct scales it by its own `batch_tokens`."),
             format!(
-                "Estimated training memory of `{n}` in bytes:\n\n```text\nbase weights      FROZEN_PARAMS × sizeof({})   (nested structs: their own dtype)\nadapter weights   TRAINABLE_PARAMS × 4\ngradients         TRAINABLE_PARAMS × 4\nAdamW state       TRAINABLE_PARAMS × 8\nactivations       batch_tokens × ACTIVATION_BYTES_PER_TOKEN\n```\n\n`batch_tokens`: {}. Computed as `estimate::vram_bytes(own frozen params, dtype, TRAINABLE_PARAMS, activations)` plus the nested structs' `BASE_BYTES`.",
-                self.dtype, self.batch_tokens
+                "Estimated training memory of `{n}` in bytes:\n\n```text\nbase weights      BASE_BYTES: {base_row}   (nested structs: their own storage)\nadapter weights   TRAINABLE_PARAMS × 4\ngradients         TRAINABLE_PARAMS × 4\nAdamW state       TRAINABLE_PARAMS × 8\nactivations       batch_tokens × ACTIVATION_BYTES_PER_TOKEN\n```\n\n`batch_tokens`: {}. Computed as `estimate::vram_bytes_from_base(BASE_BYTES, TRAINABLE_PARAMS, activations)`.",
+                self.batch_tokens
             ),
         ]
         .map(|d| {

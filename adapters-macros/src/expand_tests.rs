@@ -171,3 +171,89 @@ fn every_error_is_reported() {
     .to_string();
     assert_eq!(out.matches("compile_error").count(), 7, "{out}");
 }
+
+#[test]
+fn quant_names_the_runtime_format() {
+    let layer = quote!(
+        struct M {
+            #[adapt(in = 256, out = 4)]
+            q: Linear,
+            #[frozen(in = 4, out = 4)]
+            o: Linear,
+        }
+    );
+    let out = expand(
+        quote!(lora, rank = 2, alpha = 1.0, quant = "Q4_K"),
+        layer.clone(),
+    )
+    .to_string();
+    assert!(!out.contains("compile_error"), "{out}");
+    assert!(
+        out.contains(":: adapters_runtime :: __private :: estimate :: BaseStorage :: Quant (:: adapters_runtime :: __private :: estimate :: QuantFormat :: Q4K"),
+        "{out}"
+    );
+    // One row check (the adapted layer), none for the frozen one.
+    assert_eq!(out.matches("fits_row").count(), 1, "{out}");
+    assert!(
+        out.contains("field `q` of `M` cannot be stored as `q4k`"),
+        "{out}"
+    );
+    // NF4 takes any shape: no check.
+    let out = expand(
+        quote!(lora, rank = 2, alpha = 1.0, quant = "nf4"),
+        layer.clone(),
+    )
+    .to_string();
+    assert!(out.contains("QuantFormat :: Nf4"), "{out}");
+    assert!(!out.contains("fits_row"), "{out}");
+    // Without `quant`, dense storage.
+    let out = expand(quote!(lora, rank = 2, alpha = 1.0), layer.clone()).to_string();
+    assert!(out.contains("BaseStorage :: Dense"), "{out}");
+    assert!(!out.contains("QuantFormat"), "{out}");
+    let out = expand(
+        quote!(lora, rank = 2, alpha = 1.0, quant = "q8_0", crate = ::rt),
+        layer,
+    )
+    .to_string();
+    assert!(
+        out.contains(":: rt :: __private :: estimate :: QuantFormat :: Q8_0"),
+        "{out}"
+    );
+    assert!(!out.contains("adapters_runtime"), "{out}");
+}
+
+#[test]
+fn quant_errors() {
+    let layer = quote!(
+        struct M {
+            #[adapt(in = 256, out = 4)]
+            q: Linear,
+        }
+    );
+    for (bad, expected) in [
+        (quote!(quant = "q4"), "did you mean `quant = \\\"q4k\\\"`?"),
+        (
+            quote!(quant = "Q6_K_L"),
+            "did you mean `quant = \\\"q6k\\\"`?",
+        ),
+        (quote!(quant = nf4), "`quant` expects a string"),
+        (quote!(quant), "`quant` needs a value"),
+    ] {
+        let out = expand(quote!(lora, rank = 2, alpha = 1.0, #bad), layer.clone()).to_string();
+        assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        assert!(out.contains(expected), "{expected} in {out}");
+    }
+    let out = expand(
+        quote!(quant = "nf4"),
+        quote!(
+            struct M {
+                #[adapt(in = 4, out = 4)]
+                e: Embedding,
+                #[frozen(in = 4, out = 4)]
+                o: Linear,
+            }
+        ),
+    )
+    .to_string();
+    assert!(out.contains("has no effect on `M`"), "{out}");
+}

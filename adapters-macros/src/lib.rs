@@ -53,6 +53,11 @@ use proc_macro::TokenStream;
 ///   that only nests others or counts frozen layers may be annotated `#[adapter]` alone;
 /// - `dropout = P` in `[0, 1)`, `rslora` / `rslora = bool`, `init = "kaiming" | "gaussian"`;
 /// - `dtype = "bf16" | "f32" | "f16"`: the base weights' dtype in the estimates (default bf16);
+/// - `quant = "nf4" | "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0" | "q2k" | … | "q8k"` (also
+///   llama.cpp's `"Q4_K"`): the struct's own `#[adapt]` `Linear` weights are stored quantized in
+///   the estimates (`BASE_BYTES`, `VRAM_BYTES`, `max_vram`), QLoRA-style; their biases,
+///   embeddings, `#[frozen]` layers and norms stay in `dtype`, adapters and their training state
+///   in f32. A GGML format needs every such `in` to be a multiple of its block (32 or 256);
 /// - `max_trainable_params = N`, `max_vram = "24 GiB" | "512 MiB" | N`: budgets checked at
 ///   compile time; `batch_tokens = N` adds activations to the memory estimate;
 /// - `crate = path`: where the runtime is (default `::adapters_runtime`).
@@ -67,7 +72,7 @@ use proc_macro::TokenStream;
 ///   and `Embedding`, `Tensor`, ...); `params = N` takes a field of any type, even one from
 ///   another crate (checked against `N` at attach time when it is a `FrozenModule`).
 /// - `#[nested]` / `#[nested(count = N)]` on `T`, `[T; N]` or `Vec<T>` of another `#[adapter]`
-///   struct, which keeps its own method, rank, alpha and dtype.
+///   struct, which keeps its own method, rank, alpha, dtype and quant.
 ///
 /// # Generated items
 /// The inherent constants `TRAINABLE_PARAMS`, `FROZEN_PARAMS`, `ADAPTER_BYTES`, `BASE_BYTES`,

@@ -69,6 +69,7 @@ fn container(input: &Input, cx: &Ctxt) {
     }
     rank(&a.rank, cx);
     alpha(&a.alpha, cx);
+    quant(input, cx);
     if let Some(d) = &a.dropout {
         if !(0.0..1.0).contains(&d.value) {
             cx.error_spanned(
@@ -79,6 +80,28 @@ fn container(input: &Input, cx: &Ctxt) {
                 ),
             );
         }
+    }
+}
+
+/// `quant` stores this struct's own `#[adapt]` `Linear` weights quantized (nested structs keep
+/// their own storage, like their dtype): on a struct without one it would do nothing.
+fn quant(input: &Input, cx: &Ctxt) {
+    let Some(q) = &input.attr.quant else { return };
+    let adapts_linear = input.fields.iter().any(|f| {
+        f.role
+            .as_ref()
+            .is_some_and(|r| r.role == Role::Adapt && r.layer == Some(Layer::Linear))
+    });
+    if !adapts_linear {
+        cx.error_spanned(
+            &q.tokens,
+            format!(
+                "`{}` has no effect on `{}`: it quantizes the frozen weights of the struct's own `#[adapt]` `Linear` fields, and `{}` has none (embeddings and `#[frozen]` layers stay in the dtype; a `#[nested]` struct takes its own `quant`)",
+                pretty(&q.tokens),
+                input.item.ident,
+                input.item.ident
+            ),
+        );
     }
 }
 

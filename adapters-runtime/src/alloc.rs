@@ -1,5 +1,5 @@
 //! `TrainingAllocator`: mimalloc set up for training loops that allocate and free the same large
-//! buffers every step.
+//! buffers every step; and the process's resident-memory figures (`peak_rss_bytes`, `rss_bytes`).
 //!
 //! candle allocates a fresh buffer for every op result, so a training step frees and re-allocates
 //! hundreds of megabytes. glibc's `malloc` serves buffers over 32 MiB with `mmap` and unmaps them
@@ -90,6 +90,24 @@ pub fn training_policy_active() -> bool {
     // SAFETY: reads mimalloc's option table.
     CONFIGURED.load(Ordering::Acquire)
         && unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) } == -1
+}
+
+/// The process's peak resident memory in bytes (Linux `VmHWM` of `/proc/self/status`); `None`
+/// elsewhere.
+pub fn peak_rss_bytes() -> Option<u64> {
+    proc_status_kib("VmHWM:").map(|k| k * 1024)
+}
+
+/// The process's resident memory now in bytes (Linux `VmRSS`); `None` elsewhere.
+pub fn rss_bytes() -> Option<u64> {
+    proc_status_kib("VmRSS:").map(|k| k * 1024)
+}
+
+/// A `/proc/self/status` field in KiB.
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(test)]

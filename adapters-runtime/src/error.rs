@@ -186,6 +186,28 @@ pub enum AdapterError {
         #[source]
         source: safetensors::SafeTensorError,
     },
+    /// A weight cannot be stored in (or read from) a quantized format.
+    #[error("layer `{layer}`: cannot store its [{rows}, {cols}] weight as {format}: {reason}")]
+    Quant {
+        /// The layer (or tensor) path.
+        layer: String,
+        /// The format's name (`nf4`, `q4_0`, …).
+        format: String,
+        /// Rows (output features).
+        rows: usize,
+        /// Columns (input features).
+        cols: usize,
+        /// Why (`rows of 100 are not a multiple of the 256-element block`, …).
+        reason: String,
+    },
+    /// A GGUF file is malformed, truncated, or holds something this crate does not support.
+    #[error("GGUF file `{path}`: {reason}")]
+    Gguf {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, with expected vs actual where it applies.
+        reason: String,
+    },
     /// A setting of a config file is missing, unsupported or inconsistent.
     #[error("file `{path}`: `{field}` is {actual}, expected {expected}")]
     Config {

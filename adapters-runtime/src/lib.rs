@@ -13,12 +13,15 @@
 //!   checkpoints ([`merge_checkpoint`]).
 //! * [`train`]: data, loss, AdamW, schedules, checkpoints and the [`train::Trainer`] loop.
 //! * [`models`]: a bundled, annotated Llama-family model loading HF checkpoints ([`hf`]).
+//! * [`quant`] / [`gguf`]: quantized frozen bases (NF4, and the GGML types of GGUF files) for
+//!   QLoRA / QDoRA training.
 //! * [`estimate`]: the parameter / memory formulas as checked `const fn`s, shared with the
 //!   macro's constants and the `adapters` command.
 //!
 //! Modules depend one way, each only on those before it: [`error`] → [`seed`] →
-//! [`adapter_config`] / [`estimate`] / [`device`](mod@device) → [`io`] → [`ops`] → [`layers`] →
-//! [`adapters`] → [`nn`] → [`hf`] → [`peft`] → [`models`] → [`train`] → the `adapters` binary.
+//! [`adapter_config`] / [`estimate`] / [`device`](mod@device) → [`io`] → [`quant`] → [`ops`] →
+//! [`layers`] → [`adapters`] → [`nn`] → [`hf`] → [`gguf`] → [`peft`] → [`models`] → [`train`] →
+//! the `adapters` binary.
 
 #![warn(missing_docs)]
 
@@ -28,6 +31,7 @@ pub mod alloc;
 pub mod device;
 pub mod error;
 pub mod estimate;
+pub mod gguf;
 pub mod hf;
 pub mod io;
 pub mod layers;
@@ -35,6 +39,7 @@ pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod peft;
+pub mod quant;
 pub mod seed;
 pub mod train;
 
@@ -48,7 +53,8 @@ pub use error::{AdapterError, Result};
 pub use estimate::{BaseDType, Method};
 pub use layers::{AdaptedEmbedding, AdaptedLinear, Adapter};
 pub use peft::{
-    load_adapter, merge_checkpoint, save_adapter, LoadOptions, MergeOptions, SaveOptions,
+    load_adapter, merge_checkpoint, merge_gguf, save_adapter, LoadOptions, MergeOptions,
+    SaveOptions,
 };
 
 /// Items the `#[adapter]` macro's generated code refers to. Not a public API.

@@ -3,12 +3,15 @@
 //! ```text
 //! cargo run --release --example finetune                 # the embedded default, ~1-2 min on 2 cores
 //! cargo run --release --example finetune -- --model DIR --tokenizer DIR/tokenizer.json --data train.jsonl
+//! cargo run --release --example finetune -- --model DIR --quant nf4 ...   # QLoRA / QDoRA
+//! cargo run --release --example finetune -- --model FILE.gguf ...         # over a GGUF's own quantized weights
 //! ```
 //! With no arguments: starts from the embedded small base model (made by phase 1, `--pretrain`:
 //! pretraining on generated text, written as an HF checkpoint to `OUT/base/`), then fine-tunes a
 //! DoRA adapter on a different generated task with the base frozen,
 //! and reports eval loss and task accuracy on held-out data before and after. `--out` receives
-//! `adapter/` (PEFT format), `merged/` (an HF checkpoint folder), `metrics.jsonl` and `loss.svg`.
+//! `adapter/` (PEFT format), `merged/` (an HF checkpoint folder; `merged.gguf`, re-quantized to the
+//! file's own types, for a GGUF base), `metrics.jsonl` and `loss.svg`.
 
 mod default_model;
 mod evaluate;
@@ -17,15 +20,17 @@ mod pretrain;
 mod tasks;
 
 use adapters_runtime::candle_nn::VarMap;
-use adapters_runtime::estimate::{human_bytes, BaseDType};
+use adapters_runtime::estimate::{human_bytes, BaseDType, QuantFormat};
 use adapters_runtime::hf::save_model_folder;
-use adapters_runtime::models::llama::{load_pretrained, BaseMode, Llama};
+use adapters_runtime::models::llama::{load_model, Llama};
+use adapters_runtime::train::memory::estimate_training_quantized;
 use adapters_runtime::train::{
-    estimate_training, llama_loss, load_jsonl, prepare, split_train_eval, BatchLoader,
-    EstimateRequest, Example, LrSchedule, PackMode, PackOptions, Tokenizer, TrainConfig, Trainer,
+    llama_loss, load_jsonl, prepare, split_train_eval, BatchLoader, EstimateRequest, Example,
+    LrSchedule, PackMode, PackOptions, Tokenizer, TrainConfig, Trainer,
 };
 use adapters_runtime::{
-    save_adapter, AdapterConfig, AdapterError, Adapters, Init, Method, SaveOptions, Targets,
+    merge_gguf, save_adapter, AdapterConfig, AdapterError, Adapters, Init, MergeOptions, Method,
+    SaveOptions, Targets,
 };
 use clap::{Parser, ValueEnum};
 use default_model::DefaultLlama;
@@ -50,10 +55,15 @@ enum MethodArg {
 #[derive(Parser, Debug)]
 #[command(about = "Fine-tune a Llama-architecture model with DoRA / LoRA adapters")]
 struct Args {
-    /// An HF Llama-family checkpoint folder (config.json + model.safetensors). Default: the
-    /// embedded small model, pretrained here on generated text.
+    /// An HF Llama-family checkpoint folder (config.json + model.safetensors), or a llama.cpp
+    /// `.gguf` file (its quantized projections are the frozen base; its tokenizer is used unless
+    /// --tokenizer is given). Default: the embedded small model, pretrained here on generated text.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Store the frozen projection weights quantized (QLoRA / QDoRA): nf4, q4_0, q4_1, q5_0, q5_1,
+    /// q8_0, q2k, q3k, q4k, q5k, q6k, q8k. Embeddings, norms and the head stay in --dtype.
+    #[arg(long)]
+    quant: Option<String>,
     /// Training data: JSONL of {"text"}, {"prompt","completion"} or {"messages"}. Default: the
     /// generated shift task.
     #[arg(long)]
@@ -144,9 +154,31 @@ fn run(args: Args) -> Res<()> {
     let device = adapters_runtime::device(&args.device)?;
     let base_dtype = BaseDType::parse(&args.dtype)
         .ok_or_else(|| format!("--dtype `{}`: expected f32, bf16 or f16", args.dtype))?;
+    let quant =
+        match &args.quant {
+            Some(q) => Some(QuantFormat::parse(q).ok_or_else(|| {
+                format!("--quant `{q}`: expected one of {}", QuantFormat::names())
+            })?),
+            None => None,
+        };
     std::fs::create_dir_all(&args.out)
         .map_err(|e| AdapterError::io("creating the output folder", &args.out, e))?;
-    let tok = Tokenizer::from_optional_file(args.tokenizer.as_deref())?;
+    let gguf_base = args
+        .model
+        .as_deref()
+        .filter(|p| adapters_runtime::gguf::is_gguf_path(p));
+    let tok = match (gguf_base, &args.tokenizer) {
+        (Some(file), None) => {
+            let f = adapters_runtime::gguf::GgufFile::open(file)?;
+            let t = Tokenizer::from_gguf_metadata(f.metadata(), file)?;
+            println!(
+                "tokenizer: from the GGUF metadata ({} tokens)",
+                t.vocab_size()
+            );
+            t
+        }
+        _ => Tokenizer::from_optional_file(args.tokenizer.as_deref())?,
+    };
 
     // The base model: given, or the embedded default (pretrained here once, then cached).
     let base_dir = match &args.model {
@@ -182,8 +214,9 @@ fn run(args: Args) -> Res<()> {
 
     // Data.
     let (train_ex, eval_ex) = load_data(&args)?;
-    let mut model =
-        load_pretrained(&base_dir, base_dtype.to_candle(), &device, BaseMode::Frozen)?.model;
+    let loaded_at = Instant::now();
+    let mut model = load_model(&base_dir, base_dtype.to_candle(), &device, quant)?.model;
+    report_base_memory(&model, loaded_at)?;
     if tok.vocab_size() > model.config().vocab_size {
         return Err(format!(
             "the tokenizer has {} tokens but the model's vocab_size is {}",
@@ -231,7 +264,7 @@ fn run(args: Args) -> Res<()> {
             targets.matches(path).then_some(config)
         })
         .map_err(|e| format!("--targets `{}`: {e}", args.targets))?;
-    report_counts(&model, &args, base_dtype)?;
+    report_counts(&model, &args, base_dtype, quant)?;
 
     let before = evaluate::score(&model, &tok, &eval_ex, &eval_batches, &device)?;
     print_scores("before fine-tuning", &before);
@@ -288,14 +321,24 @@ fn run(args: Args) -> Res<()> {
             ..Default::default()
         },
     )?;
-    let merged_dir = args.out.join("merged");
-    let extra: Vec<PathBuf> = args.tokenizer.iter().cloned().collect();
-    save_model_folder(
-        &merged_dir,
-        model.config(),
-        &model.base_tensors(true)?,
-        &extra,
-    )?;
+    let merged_dir = match gguf_base {
+        // The file llama.cpp users run: the merged weights re-quantized to the base's own types.
+        Some(file) => {
+            let out = args.out.join("merged.gguf");
+            let opts = MergeOptions {
+                overwrite: true,
+                ..Default::default()
+            };
+            merge_gguf(file, &adapter_dir, &out, &opts, None)?;
+            out
+        }
+        None => {
+            let dir = args.out.join("merged");
+            let extra: Vec<PathBuf> = args.tokenizer.iter().cloned().collect();
+            save_model_folder(&dir, model.config(), &model.base_tensors(true)?, &extra)?;
+            dir
+        }
+    };
     // The whole run from metrics.jsonl (a resumed run included); the eval curve starts at the
     // base model's eval loss (step 0).
     let (train_curve, eval_curve) = plot::read_metrics(&args.out.join("metrics.jsonl"))?;
@@ -310,13 +353,46 @@ fn run(args: Args) -> Res<()> {
         &evals,
     )?;
     println!(
-        "wrote {} (PEFT adapter), {} (merged HF checkpoint), {}, {}",
+        "wrote {} (PEFT adapter), {} (merged {}), {}, {}",
         adapter_dir.display(),
         merged_dir.display(),
+        if gguf_base.is_some() {
+            "GGUF, re-quantized to the base's types"
+        } else {
+            "HF checkpoint"
+        },
         args.out.join("metrics.jsonl").display(),
         plot_path.display()
     );
+    if let Some(peak) = adapters_runtime::alloc::peak_rss_bytes() {
+        println!("peak resident memory {}", human_bytes(peak as usize));
+    }
     println!("total time {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The frozen base's memory as loaded: quantized projections (QLoRA / QDoRA) against what they
+/// would take dense, and the dense rest.
+fn report_base_memory(model: &Llama, loaded_at: Instant) -> Res<()> {
+    let (mut quant_bytes, mut quant_params, mut quantized) = (0usize, 0usize, 0usize);
+    model.for_each_layer(&mut |_, l| {
+        if l.base_is_quantized() {
+            quant_bytes += l.base_bytes();
+            quant_params += l.frozen_params();
+            quantized += 1;
+        }
+    })?;
+    if quantized > 0 {
+        let dense = quant_params * model.dtype().size_in_bytes();
+        println!(
+            "base: {quantized} projections quantized: {} (dense {:?} would be {}, {:.2}×), loaded in {:.1}s",
+            human_bytes(quant_bytes),
+            model.dtype(),
+            human_bytes(dense),
+            dense as f64 / quant_bytes.max(1) as f64,
+            loaded_at.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
 }
 
@@ -378,7 +454,12 @@ fn load_data(args: &Args) -> Res<(Vec<Example>, Vec<Example>)> {
 
 /// Trainable vs total parameters, the library's training-memory estimate, and for the default
 /// model the compile-time constants.
-fn report_counts(model: &Llama, args: &Args, dtype: BaseDType) -> Res<()> {
+fn report_counts(
+    model: &Llama,
+    args: &Args,
+    dtype: BaseDType,
+    quant: Option<QuantFormat>,
+) -> Res<()> {
     let (trainable, frozen) = (model.trainable_params()?, model.frozen_params()?);
     println!(
         "adapters: {} on {} modules; trainable {trainable} of {} parameters ({:.3}%)",
@@ -399,7 +480,7 @@ fn report_counts(model: &Llama, args: &Args, dtype: BaseDType) -> Res<()> {
         batch_tokens: args.batch * args.seq_len,
         seq_len: args.seq_len,
     };
-    let est = estimate_training(model.config(), &request)?;
+    let est = estimate_training_quantized(model.config(), &request, quant)?;
     println!(
         "runtime estimate: adapter {} ; training memory {} (base {} + adapter state {} + activations {})",
         human_bytes(est.adapter_bytes),

@@ -1,9 +1,12 @@
-//! `adapters`: inspect PEFT adapters, merge them into base checkpoints, estimate training memory.
+//! `adapters`: inspect PEFT adapters and GGUF files, merge adapters into base checkpoints (HF or
+//! GGUF), estimate training memory.
 
 use adapters_runtime::estimate::{BaseDType, Method};
+use adapters_runtime::gguf::{inspect_gguf, is_gguf_path};
 use adapters_runtime::hf::LlamaConfig;
-use adapters_runtime::peft::{inspect_adapter, merge_checkpoint, MergeOptions};
-use adapters_runtime::train::{estimate_training, EstimateRequest};
+use adapters_runtime::peft::{inspect_adapter, merge_checkpoint, merge_gguf, MergeOptions};
+use adapters_runtime::train::memory::{estimate_training_quantized, parse_quant};
+use adapters_runtime::train::EstimateRequest;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -20,22 +23,30 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Lists the adapted modules of a PEFT adapter folder (path, LoRA/DoRA, r, alpha, scaling,
-    /// shapes, parameters, bytes) and the totals.
+    /// shapes, parameters, bytes) and the totals; or, for a `.gguf` file, its architecture,
+    /// Llama configuration, tokenizer and every tensor's type, shape and size.
     Inspect {
-        /// The adapter folder (adapter_config.json + adapter_model.safetensors).
+        /// The adapter folder (adapter_config.json + adapter_model.safetensors), or a .gguf file.
         dir: PathBuf,
     },
     /// Merges a PEFT adapter into a base checkpoint and writes the merged checkpoint.
     Merge {
-        /// The base: a .safetensors file or an HF model folder (single file or sharded).
+        /// The base: a .safetensors file, an HF model folder (single file or sharded), or a
+        /// llama.cpp .gguf file.
         #[arg(long)]
         base: PathBuf,
         /// The PEFT adapter folder.
         #[arg(long)]
         adapter: PathBuf,
-        /// Where to write: a .safetensors file for a file base, a folder for a folder base.
+        /// Where to write: a .safetensors file for a file base, a folder for a folder base. For a
+        /// GGUF base: a .gguf file (re-quantized to each tensor's own type), a .safetensors file
+        /// or an HF model folder (dequantized, f32).
         #[arg(long)]
         out: PathBuf,
+        /// GGUF output only: quantize the merged weights to this GGML type instead of each
+        /// tensor's own (q4_0, q4_1, q5_0, q5_1, q8_0, q2k, q3k, q4k, q5k, q6k, q8k).
+        #[arg(long, value_name = "FORMAT")]
+        quant: Option<String>,
         /// Replace `--out` if it exists.
         #[arg(long)]
         force: bool,
@@ -71,6 +82,11 @@ enum Command {
         /// Sequence length, for the attention scores (0 leaves them out).
         #[arg(long, default_value_t = 0)]
         seq_len: usize,
+        /// Store the adapted linear weights quantized (QLoRA): nf4, q4_0, q4_1, q5_0, q5_1,
+        /// q8_0, q2k, q3k, q4k, q5k, q6k or q8k (also llama.cpp's Q4_K). Embeddings, norms,
+        /// biases and projections not adapted stay in --dtype.
+        #[arg(long, value_name = "FORMAT")]
+        quant: Option<String>,
     },
 }
 
@@ -91,11 +107,13 @@ enum DTypeArg {
 fn run(cli: Cli) -> adapters_runtime::Result<String> {
     let mut report;
     match cli.command {
+        Command::Inspect { dir } if is_gguf_path(&dir) => report = inspect_gguf(&dir)?.to_string(),
         Command::Inspect { dir } => report = inspect_adapter(&dir)?.to_string(),
         Command::Merge {
             base,
             adapter,
             out,
+            quant,
             force,
             quiet,
             allow_non_finite,
@@ -105,7 +123,20 @@ fn run(cli: Cli) -> adapters_runtime::Result<String> {
                 progress: !quiet && std::io::stderr().is_terminal(),
                 allow_non_finite,
             };
-            let r = merge_checkpoint(&base, &adapter, &out, &options)?;
+            let quant = quant.as_deref().map(parse_quant).transpose()?;
+            let r = match quant {
+                Some(q) if is_gguf_path(&base) => {
+                    merge_gguf(&base, &adapter, &out, &options, Some(q))?
+                }
+                Some(q) => {
+                    return Err(adapters_runtime::AdapterError::InvalidArgument {
+                        name: "--quant".into(),
+                        expected: "a .gguf --base (HF bases are merged in their own dtype)".into(),
+                        actual: format!("{} with --base {}", q.name(), base.display()),
+                    })
+                }
+                None => merge_checkpoint(&base, &adapter, &out, &options)?,
+            };
             report = format!(
                 "merged {} weight(s), passed {} tensor(s) through, wrote {} weights file(s) to {}\n",
                 r.merged.len(),
@@ -131,7 +162,9 @@ fn run(cli: Cli) -> adapters_runtime::Result<String> {
             dtype,
             batch_tokens,
             seq_len,
+            quant,
         } => {
+            let quant = quant.as_deref().map(parse_quant).transpose()?;
             let cfg = LlamaConfig::from_file(&config)?;
             let request = EstimateRequest {
                 method: match method {
@@ -148,7 +181,7 @@ fn run(cli: Cli) -> adapters_runtime::Result<String> {
                 batch_tokens,
                 seq_len,
             };
-            report = estimate_training(&cfg, &request)?.to_string();
+            report = estimate_training_quantized(&cfg, &request, quant)?.to_string();
         }
     }
     Ok(report)

@@ -7,8 +7,11 @@ use crate::estimate;
 use crate::layers::adapter::{check_float, check_shape, Adapter};
 use crate::layers::init;
 use crate::layers::kind::LayerKind;
+use crate::ops::quant_matmul;
+use crate::quant::QuantWeight;
 use candle_core::{Tensor, Var};
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 /// A frozen base tensor (a linear weight or an embedding table) with an optional adapter. Use it
 /// as [`AdaptedLinear`](crate::AdaptedLinear) or [`AdaptedEmbedding`](crate::AdaptedEmbedding).
@@ -22,6 +25,10 @@ pub struct Adapted<K: LayerKind> {
     pub(crate) bias: Option<Tensor>,
     pub(crate) adapter: Option<Adapter>,
     pub(crate) trainable_base: bool,
+    /// A quantized base (linear layers only). `weight` then holds a zero-stride placeholder of
+    /// the base's shape and compute dtype (one element of storage) — or, while merged, the
+    /// dense merged weight; values are always read from here (see [`Adapted::base_is_quantized`]).
+    pub(crate) quant: Option<Arc<QuantWeight>>,
     pub(crate) kind: PhantomData<K>,
 }
 
@@ -39,7 +46,64 @@ impl<K: LayerKind> Adapted<K> {
             bias,
             adapter: None,
             trainable_base: trainable,
+            quant: None,
             kind: PhantomData,
+        }
+    }
+
+    /// The placeholder standing for a quantized base: its shape and dtype, one element stored.
+    pub(crate) fn quant_placeholder(
+        q: &QuantWeight,
+        dtype: candle_core::DType,
+    ) -> candle_core::Result<Tensor> {
+        let (rows, cols) = q.dims();
+        let shape = if K::IS_EMBEDDING {
+            (cols, rows)
+        } else {
+            (rows, cols)
+        };
+        Tensor::zeros((), dtype, &q.device())?.broadcast_as(shape)
+    }
+
+    /// Whether the forward reads a quantized base (quantized and not merged).
+    pub fn base_is_quantized(&self) -> bool {
+        self.quant.is_some() && !self.adapter.as_ref().is_some_and(|a| a.merged)
+    }
+
+    /// The quantized base, if the layer has one (kept while merged, to unmerge exactly).
+    pub fn quantized(&self) -> Option<&Arc<QuantWeight>> {
+        self.quant.as_ref()
+    }
+
+    /// Bytes the frozen base (weight and bias) holds in memory: the quantized storage (plus the
+    /// merged dense weight while merged), or the dense tensors.
+    pub fn base_bytes(&self) -> usize {
+        let bias = self
+            .bias
+            .as_ref()
+            .map_or(0, |b| b.elem_count() * b.dtype().size_in_bytes());
+        let dense = self.weight.elem_count() * self.weight.dtype().size_in_bytes();
+        match &self.quant {
+            Some(q) if self.base_is_quantized() => q.storage_bytes() + bias,
+            Some(q) => q.storage_bytes() + dense + bias,
+            None => dense + bias,
+        }
+    }
+
+    /// The base weight's values in the layer's dtype: the stored tensor, or the quantized base
+    /// dequantized (a new tensor) while it is in use.
+    pub fn dense_weight(&self) -> Result<Tensor> {
+        match (&self.quant, self.base_is_quantized()) {
+            (Some(q), true) => Ok(q.dequantize(self.weight.dtype()).in_layer(self.name())?),
+            _ => Ok(self.weight.clone()),
+        }
+    }
+
+    /// `W0` in `dtype`, dense (dequantized for a quantized base, as `W0` is while unmerged).
+    fn base_values(&self, dtype: candle_core::DType) -> candle_core::Result<Tensor> {
+        match &self.quant {
+            Some(q) => q.dequantize(dtype),
+            None => self.weight.to_dtype(dtype),
         }
     }
 
@@ -169,7 +233,11 @@ impl<K: LayerKind> Adapted<K> {
         }
         let mut ad = Adapter::new(config, Var::from_tensor(&a)?, Var::from_tensor(&b)?, seed);
         if ad.is_dora() {
-            ad.base_sq = Some(K::base_sq_norms(&self.weight, ad.dtype()).in_layer(&name)?);
+            let sq = match &self.quant {
+                Some(q) => q.row_sq_norms(ad.dtype()),
+                None => K::base_sq_norms(&self.weight, ad.dtype()),
+            };
+            ad.base_sq = Some(sq.in_layer(&name)?);
             let m = match magnitude {
                 Some(m) => m,
                 None => self.norm_of(&ad).in_layer(&name)?,
@@ -182,7 +250,12 @@ impl<K: LayerKind> Adapted<K> {
 
     /// The detached DoRA norm `‖W0 + s·B·A‖` per output, without forming the `out × in` matrix.
     pub(crate) fn norm_of(&self, ad: &Adapter) -> candle_core::Result<Tensor> {
-        let w_at = K::base_times_at(&self.weight, &ad.a.as_tensor().detach())?;
+        let a = ad.a.as_tensor().detach();
+        let w_at = match &self.quant {
+            // W0·Aᵀ = (A·W0ᵀ)ᵀ through the quantized product.
+            Some(q) => quant_matmul(&a, q)?.t()?,
+            None => K::base_times_at(&self.weight, &a)?,
+        };
         ad.norm_from(&w_at)
     }
 
@@ -258,7 +331,7 @@ impl<K: LayerKind> Adapted<K> {
     /// dtype and returned in the base dtype; with `for_unmerge`, also what unmerge needs.
     fn merged_base(&self, ad: &Adapter, for_unmerge: bool) -> candle_core::Result<MergedBase> {
         let dt = ad.dtype();
-        let full = (self.weight.to_dtype(dt)? + K::delta_in_base_layout(ad.delta()?)?)?;
+        let full = (self.base_values(dt)? + K::delta_in_base_layout(ad.delta()?)?)?;
         if !ad.is_dora() {
             let weight = full.to_dtype(self.weight.dtype())?;
             return Ok(MergedBase::plain(weight));
@@ -318,6 +391,10 @@ impl<K: LayerKind> Adapted<K> {
             });
         }
         let restore = || -> candle_core::Result<Tensor> {
+            if let Some(q) = &self.quant {
+                // W0 was never touched: back to reading it quantized, exactly.
+                return Self::quant_placeholder(q, self.weight.dtype());
+            }
             let w = self.weight.to_dtype(ad.dtype())?;
             let w = match (&ad.merged_norm, ad.is_dora()) {
                 (Some(norm), true) => {

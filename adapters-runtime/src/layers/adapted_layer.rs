@@ -46,6 +46,11 @@ pub trait AdaptedLayer {
     fn set_enabled(&mut self, enabled: bool) -> Result<()>;
     /// Training mode (dropout).
     fn set_training(&mut self, training: bool);
+    /// Whether the forward reads a quantized base (QLoRA / QDoRA).
+    fn base_is_quantized(&self) -> bool;
+    /// Bytes the frozen base (weight and bias) holds in memory: the quantized storage, or the
+    /// dense tensors.
+    fn base_bytes(&self) -> usize;
 }
 
 impl<K: LayerKind> AdaptedLayer for Adapted<K> {
@@ -99,5 +104,11 @@ impl<K: LayerKind> AdaptedLayer for Adapted<K> {
     }
     fn set_training(&mut self, training: bool) {
         Adapted::set_training(self, training)
+    }
+    fn base_is_quantized(&self) -> bool {
+        Adapted::base_is_quantized(self)
+    }
+    fn base_bytes(&self) -> usize {
+        Adapted::base_bytes(self)
     }
 }

@@ -6,8 +6,10 @@ use crate::layers::adapted::Adapted;
 use crate::layers::adapter::Adapter;
 use crate::layers::dora_norm::dora_scale;
 use crate::layers::kind::LinearBase;
-use crate::ops::{dora_matmul, frozen_matmul, lora_matmul, row_scale, DoraRows};
-use candle_core::Tensor;
+use crate::ops::{dora_matmul, frozen_matmul, lora_matmul, quant_matmul, row_scale, DoraRows};
+use crate::quant::QuantWeight;
+use candle_core::{DType, Tensor};
+use std::sync::Arc;
 
 /// A linear layer `y = x·W0ᵀ + b` whose frozen weight `W0 [out, in]` may carry an adapter:
 ///
@@ -46,7 +48,35 @@ impl Adapted<LinearBase> {
         Self::from_parts(weight, bias, true)
     }
 
-    /// The current base weight (`W0`, or the merged weight while merged).
+    /// A bare layer over a quantized frozen weight `[out, in]` (QLoRA / QDoRA), computing in
+    /// `dtype` (inputs, bias and outputs), with an optional `bias [out]`. The weight stays
+    /// quantized: forward and backward dequantize it transiently (see
+    /// [`quant_matmul`](crate::ops::quant_matmul)); merging stores a dense merged weight and
+    /// unmerging returns to the quantized one exactly.
+    pub fn new_quantized(
+        weight: Arc<QuantWeight>,
+        bias: Option<Tensor>,
+        dtype: DType,
+    ) -> Result<Self> {
+        let placeholder = Self::quant_placeholder(&weight, dtype)?;
+        let mut layer = Self::from_parts(placeholder, bias, false);
+        if let Some(b) = &layer.bias {
+            if b.dtype() != dtype {
+                return Err(AdapterError::DTypeMismatch {
+                    layer: layer.name().into(),
+                    what: "bias".into(),
+                    expected: format!("{dtype:?} (the layer's compute dtype)"),
+                    actual: b.dtype(),
+                });
+            }
+        }
+        layer.quant = Some(weight);
+        Ok(layer)
+    }
+
+    /// The current base weight (`W0`, or the merged weight while merged). For a quantized base
+    /// in use ([`Adapted::base_is_quantized`]) this is a zero-stride placeholder with the base's
+    /// shape and dtype: read values with [`Adapted::dense_weight`].
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
@@ -112,19 +142,26 @@ impl Adapted<LinearBase> {
         }
     }
 
-    /// `x·W0ᵀ`: the no-weight-gradient op for a frozen base, a plain matmul for a trainable one.
+    /// `x·W0ᵀ`: the no-weight-gradient op for a frozen base (dense or quantized), a plain matmul
+    /// for a trainable one.
     fn base_product(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if self.trainable_base {
+        if let (Some(q), true) = (&self.quant, self.base_is_quantized()) {
+            quant_matmul(x, q)
+        } else if self.trainable_base {
             x.broadcast_matmul(&self.weight.t()?)
         } else {
             frozen_matmul(x, &self.weight)
         }
     }
 
-    /// Whether the forward runs as one [`lora_matmul`] node: a frozen base, no dropout in this
-    /// call, and adapters in the activation dtype (else the composed path below, same numerics).
+    /// Whether the forward runs as one [`lora_matmul`] node: a dense frozen base, no dropout in
+    /// this call, and adapters in the activation dtype (else the composed path below, same
+    /// numerics).
     fn fused(&self, ad: &Adapter, x: &Tensor, train: bool) -> bool {
-        !self.trainable_base && !ad.dropout_active(train) && ad.dtype() == x.dtype()
+        !self.trainable_base
+            && !self.base_is_quantized()
+            && !ad.dropout_active(train)
+            && ad.dtype() == x.dtype()
     }
 
     /// `x·W0ᵀ + s·(x·Aᵀ)·Bᵀ` in one node; for DoRA then scaled by `m / ‖W0 + s·B·A‖` per output

@@ -13,6 +13,7 @@ mod linear_cross_entropy;
 mod lora_matmul;
 mod norm;
 mod norm_bwd;
+mod quant_matmul;
 mod rope;
 mod row_scale;
 mod softmax;
@@ -26,6 +27,7 @@ pub use linear_cross_entropy::{
 pub use lora_matmul::{dora_matmul, lora_matmul, DoraRows, LoraMatmul};
 pub use norm::{layer_norm, rms_norm, LayerNormOp, RmsNormOp};
 pub use norm_bwd::{norm_dw, norm_dx, norm_dx_composed, NormBwd};
+pub use quant_matmul::{quant_matmul, QuantMatmul};
 pub use rope::{rope_any, RopeKind, RopeOp};
 pub use row_scale::{row_scale, RowScale};
 pub use softmax::{softmax_bwd, softmax_bwd_composed, softmax_last_dim, SoftmaxLastDim};

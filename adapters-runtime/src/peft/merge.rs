@@ -31,7 +31,7 @@ pub struct MergeOptions {
 }
 
 /// How to allow non-finite weights, appended to [`AdapterError::NonFiniteWeights`].
-const ALLOW_HINT: &str =
+pub(crate) const ALLOW_HINT: &str =
     " (pass --allow-non-finite, MergeOptions::allow_non_finite, to write them anyway)";
 
 /// What [`merge_checkpoint`] wrote.
@@ -78,6 +78,9 @@ pub fn merge_checkpoint(
     out: &Path,
     options: &MergeOptions,
 ) -> Result<MergeReport> {
+    if crate::gguf::is_gguf_path(base) {
+        return crate::peft::merge_gguf::merge_gguf(base, adapter, out, options, None);
+    }
     let ckpt = AdapterCheckpoint::read(adapter)?;
     if !options.allow_non_finite {
         ckpt.check_finite(ALLOW_HINT)?;
@@ -133,6 +136,25 @@ fn resolved(path: &Path) -> Option<PathBuf> {
 /// an existing output unless asked to replace it (a dangling symlink counts as existing), and a
 /// file where the base is a folder or the other way round.
 fn check_output(model: &BaseModel, adapter: &Path, out: &Path, overwrite: bool) -> Result<()> {
+    let mut inputs: Vec<(&str, PathBuf)> = vec![("the base model", model.root.clone())];
+    inputs.extend(
+        model
+            .shards
+            .iter()
+            .map(|(_, f)| ("a base shard", f.path().to_path_buf())),
+    );
+    inputs.push(("the adapter", adapter.to_path_buf()));
+    check_output_paths(&inputs, model.folder, out, overwrite)
+}
+
+/// [`check_output`] for any inputs: `out` must not be, contain or be inside one of them, must not
+/// exist unless `overwrite`, and must be a folder exactly when `folder`.
+pub(crate) fn check_output_paths(
+    inputs: &[(&str, PathBuf)],
+    folder: bool,
+    out: &Path,
+    overwrite: bool,
+) -> Result<()> {
     let refuse = |reason: String| {
         Err(AdapterError::Output {
             path: out.into(),
@@ -146,16 +168,8 @@ fn check_output(model: &BaseModel, adapter: &Path, out: &Path, overwrite: bool) 
     let Some(out_abs) = resolved(out) else {
         return refuse("cannot be resolved to a path".into());
     };
-    let mut inputs: Vec<(&str, PathBuf)> = vec![("the base model", model.root.clone())];
-    inputs.extend(
-        model
-            .shards
-            .iter()
-            .map(|(_, f)| ("a base shard", f.path().to_path_buf())),
-    );
-    inputs.push(("the adapter", adapter.to_path_buf()));
     for (what, input) in inputs {
-        let Some(input) = resolved(&input) else {
+        let Some(input) = resolved(input) else {
             continue;
         };
         if out_abs == input {
@@ -178,12 +192,12 @@ fn check_output(model: &BaseModel, adapter: &Path, out: &Path, overwrite: bool) 
         return refuse("exists; pass --force (MergeOptions::overwrite) to replace it".into());
     }
     let is_dir = !link.file_type().is_symlink() && link.is_dir();
-    if is_dir != model.folder {
+    if is_dir != folder {
         return refuse(
-            if model.folder {
-                "exists and is not a folder, but the base is a model folder"
+            if folder {
+                "exists and is not a folder, but a model folder is to be written"
             } else {
-                "is a folder, but the base is a single .safetensors file"
+                "is a folder, but a single file is to be written"
             }
             .into(),
         );

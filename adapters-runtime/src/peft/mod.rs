@@ -5,7 +5,8 @@
 //!   (`adapter_model.safetensors` + `adapter_config.json`), which `PeftModel.from_pretrained` loads,
 //!   and back. Round trips are bit-exact.
 //! * [`merge_checkpoint`]: a PEFT adapter folded into a base `.safetensors` file or HF model folder
-//!   (sharded or not), streamed tensor by tensor.
+//!   (sharded or not), streamed tensor by tensor; or into a GGUF file ([`merge_gguf`]), written
+//!   back as GGUF re-quantized to its own types, or dequantized as an HF checkpoint.
 //! * [`inspect_adapter`]: what an adapter folder holds (the `inspect` report).
 
 pub mod adapter_file;
@@ -13,6 +14,7 @@ pub mod inspect;
 pub mod keys;
 pub mod load;
 pub mod merge;
+pub mod merge_gguf;
 pub mod patterns;
 pub mod peft_config;
 pub mod save;
@@ -21,5 +23,6 @@ pub use adapter_file::{AdapterCheckpoint, ModuleAdapter, WEIGHTS_FILE};
 pub use inspect::{inspect_adapter, Inspection};
 pub use load::{load_adapter, LoadOptions, LoadReport};
 pub use merge::{merge_checkpoint, MergeOptions, MergeReport};
+pub use merge_gguf::merge_gguf;
 pub use peft_config::{PeftConfig, TargetModules, CONFIG_FILE};
 pub use save::{save_adapter, SaveOptions};

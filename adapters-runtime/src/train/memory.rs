@@ -1,8 +1,12 @@
 //! `estimate_training`: the training-memory breakdown of adapting an HF model, from the same
 //! `const fn`s ([`crate::estimate`]) as the `#[adapter]` macro's constants.
+//!
+//! [`estimate_training_quantized`] counts a QLoRA-style base: the adapted projections' weights
+//! stored in a [`QuantFormat`], everything else frozen (embeddings, norms, biases, projections
+//! that are not adapted) in the base dtype, as [`est::BaseStorage`] defines it.
 
 use crate::error::{AdapterError, Result};
-use crate::estimate::{self as est, human_bytes, BaseDType, Method};
+use crate::estimate::{self as est, human_bytes, BaseDType, BaseStorage, Method, QuantFormat};
 use crate::hf::llama_config::LlamaConfig;
 use crate::hf::llama_layout::{LlamaLayout, ModuleDims, PROJECTIONS};
 use crate::io::table::{thousands, Table};
@@ -26,7 +30,7 @@ pub struct EstimateRequest {
     pub seq_len: usize,
 }
 
-/// The estimate, part by part (bytes), as [`est::vram_bytes`] sums it.
+/// The estimate, part by part (bytes), as [`est::vram_bytes_from_base`] sums it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrainingEstimate {
     /// The request.
@@ -39,7 +43,12 @@ pub struct TrainingEstimate {
     pub frozen_params: usize,
     /// Trainable adapter parameters.
     pub trainable_params: usize,
-    /// Frozen weights in the base dtype.
+    /// The format of the projection weights, if they are stored quantized.
+    pub quant: Option<QuantFormat>,
+    /// Frozen parameters stored quantized (the adapted linear layers' weights; 0 without
+    /// `quant`).
+    pub quantized_params: usize,
+    /// Frozen weights: the projection weights in `quant` if given, the rest in the base dtype.
     pub base_bytes: usize,
     /// Adapter weights (f32).
     pub adapter_bytes: usize,
@@ -51,7 +60,7 @@ pub struct TrainingEstimate {
     pub activation_bytes_per_token: usize,
     /// Activations for `batch_tokens` tokens.
     pub activation_bytes: usize,
-    /// The total ([`est::vram_bytes`]).
+    /// The total ([`est::vram_bytes_from_base`]).
     pub total_bytes: usize,
 }
 
@@ -90,10 +99,37 @@ fn resolve_targets(modules: &[ModuleDims], targets: &[String]) -> Result<Vec<&'s
     Ok(out)
 }
 
-/// Estimates the training memory of adapting `config`'s model as `request` says.
+/// Parses a quantization format name as [`QuantFormat::parse`] does (`nf4`, `q4_0`, …, `q4k`,
+/// llama.cpp's `Q4_K`); an unknown name is an [`AdapterError::InvalidArgument`] listing
+/// [`QuantFormat::names`].
+pub fn parse_quant(name: &str) -> Result<QuantFormat> {
+    QuantFormat::parse(name).ok_or_else(|| AdapterError::InvalidArgument {
+        name: "quant".into(),
+        expected: format!("a quantization format among {}", QuantFormat::names()),
+        actual: format!("{name:?}"),
+    })
+}
+
+/// Estimates the training memory of adapting `config`'s model as `request` says, every frozen
+/// weight in the request's dtype ([`estimate_training_quantized`] without a format).
 pub fn estimate_training(
     config: &LlamaConfig,
     request: &EstimateRequest,
+) -> Result<TrainingEstimate> {
+    estimate_training_quantized(config, request, None)
+}
+
+/// Estimates the training memory of adapting `config`'s model as `request` says, the weights of
+/// every decoder projection (the seven of each layer, adapted or not — what
+/// `models::llama::load_model` quantizes, and what bitsandbytes' 4-bit loading quantizes) stored
+/// in `quant` (QLoRA / QDoRA; `None`: in the dtype). Their biases, the embeddings, the norms and
+/// the output head stay in the request's dtype; adapters, gradients, AdamW state and activations
+/// are as without `quant`. A GGML format whose block does not divide a projection's input
+/// features is an [`AdapterError::InvalidArgument`] naming the projection.
+pub fn estimate_training_quantized(
+    config: &LlamaConfig,
+    request: &EstimateRequest,
+    quant: Option<QuantFormat>,
 ) -> Result<TrainingEstimate> {
     if request.rank == 0 {
         return Err(AdapterError::InvalidRank {
@@ -105,7 +141,10 @@ pub fn estimate_training(
     let layout = LlamaLayout::new(config);
     let modules = layout.modules();
     let targets = resolve_targets(&modules, &request.targets)?;
+    let storage = BaseStorage::new(dt, quant);
     let mut frozen = Some(layout.norm_params());
+    let mut base = est::dense_base_bytes(frozen, dt);
+    let mut quantized = Some(0);
     let (mut trainable, mut act, mut adapted_layers) = (Some(0), Some(0), 0);
     for d in &modules {
         let adapted = targets.contains(&d.name);
@@ -117,6 +156,34 @@ pub fn estimate_training(
                 est::linear_params(d.din, d.dout, d.bias)
             };
             frozen = est::add(frozen, est::mul(count, params));
+            let projection = PROJECTIONS.iter().any(|p| p.name == d.name);
+            let bytes = match (projection, quant) {
+                (true, Some(q)) => {
+                    if !q.fits_row(d.din) {
+                        return Err(AdapterError::InvalidArgument {
+                            name: "quant".into(),
+                            expected: format!(
+                                "a format whose block divides every projection's input features ({} stores each row of a weight [out, in] in whole blocks of {} elements)",
+                                q.name(),
+                                q.block_elems()
+                            ),
+                            actual: format!(
+                                "{} with {} input features ({} % {} = {})",
+                                d.name,
+                                d.din,
+                                d.din,
+                                q.block_elems(),
+                                d.din % q.block_elems()
+                            ),
+                        });
+                    }
+                    let weights = est::mul(count, d.din.checked_mul(d.dout));
+                    quantized = est::add(quantized, weights);
+                    est::adapted_linear_base_bytes(storage, d.din, d.dout, d.bias)
+                }
+                _ => est::dense_base_bytes(params, dt),
+            };
+            base = est::add(base, est::mul(count, bytes));
         }
         let per_token = match (adapted, d.embedding) {
             (true, true) => est::activation_bytes_adapted_embedding(m, d.dout, r, dt),
@@ -155,8 +222,10 @@ pub fn estimate_training(
             request.batch_tokens
         ),
     };
-    let (frozen, trainable, act) = (
+    let (frozen, base, quantized, trainable, act) = (
         frozen.ok_or_else(overflow)?,
+        base.ok_or_else(overflow)?,
+        quantized.ok_or_else(overflow)?,
         trainable.ok_or_else(overflow)?,
         act.ok_or_else(overflow)?,
     );
@@ -167,7 +236,9 @@ pub fn estimate_training(
         adapted_layers,
         frozen_params: frozen,
         trainable_params: trainable,
-        base_bytes: est::base_bytes(frozen, dt).ok_or_else(overflow)?,
+        quant,
+        quantized_params: quantized,
+        base_bytes: base,
         adapter_bytes: est::adapter_bytes(trainable).ok_or_else(overflow)?,
         gradient_bytes: trainable
             .checked_mul(est::GRAD_BYTES)
@@ -177,7 +248,7 @@ pub fn estimate_training(
             .ok_or_else(overflow)?,
         activation_bytes_per_token: act,
         activation_bytes,
-        total_bytes: est::vram_bytes(frozen, dt, trainable, activation_bytes)
+        total_bytes: est::vram_bytes_from_base(base, trainable, activation_bytes)
             .ok_or_else(overflow)?,
     })
 }
@@ -193,9 +264,13 @@ fn dtype_name(d: BaseDType) -> &'static str {
 impl fmt::Display for TrainingEstimate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let q = &self.request;
+        let quantized = match self.quant {
+            Some(format) => format!(", projection weights {}", format.name()),
+            None => String::new(),
+        };
         writeln!(
             f,
-            "{} r={} on {} ({} adapted layers), base {}, {} tokens per batch\n",
+            "{} r={} on {} ({} adapted layers), base {}{quantized}, {} tokens per batch\n",
             q.method.name(),
             q.rank,
             self.targets.join(","),
@@ -213,7 +288,15 @@ impl fmt::Display for TrainingEstimate {
                 "base weights",
                 thousands(self.frozen_params),
                 self.base_bytes,
-                format!("frozen × {} B", q.dtype.size_in_bytes()),
+                match self.quant {
+                    Some(format) => format!(
+                        "{} projection weights in {}, the rest × {} B",
+                        thousands(self.quantized_params),
+                        format.name(),
+                        q.dtype.size_in_bytes()
+                    ),
+                    None => format!("frozen × {} B", q.dtype.size_in_bytes()),
+                },
             ),
             (
                 "adapter weights",

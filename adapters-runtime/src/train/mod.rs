@@ -28,6 +28,7 @@ pub mod optim;
 pub mod pack;
 pub mod schedule;
 pub mod tokenizer;
+pub mod tokenizer_gguf;
 pub mod train_state;
 pub mod trainer;
 
@@ -49,5 +50,6 @@ pub use pack::{
 };
 pub use schedule::LrSchedule;
 pub use tokenizer::Tokenizer;
+pub use tokenizer_gguf::{gguf_tokenizer_json, GgufTokenizerJson};
 pub use train_state::{latest_checkpoint, TrainerState};
 pub use trainer::{evaluate, TrainConfig, TrainSummary, Trainer};

@@ -1,9 +1,10 @@
 //! Building a [`Llama`]: from an HF checkpoint folder (`config.json` + `model.safetensors`, or
 //! shards listed in `model.safetensors.index.json`), or randomly initialised.
 
-use super::model::{BaseMode, Llama};
+use super::model::{BaseMode, BaseQuant, Llama};
 use crate::adapters::register_vars;
 use crate::error::{AdapterError, Result};
+use crate::estimate::QuantFormat;
 use crate::hf::llama_config::LlamaConfig;
 use crate::hf::llama_layout::{LlamaLayout, TensorRole};
 use crate::hf::model_files::BaseModel;
@@ -39,6 +40,42 @@ pub fn load_pretrained(
     device: &Device,
     mode: BaseMode,
 ) -> Result<LoadedLlama> {
+    load_pretrained_with(dir, dtype, device, mode, &BaseQuant::None)
+}
+
+/// A model for fine-tuning from `path`: an HF folder, its projections quantized on load to
+/// `quant` when given (QLoRA / QDoRA; `--quant nf4`), or a `.gguf` file, whose quantized
+/// projections are the frozen base as stored (`quant` must then be `None`: the file is already
+/// quantized).
+pub fn load_model(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+    quant: Option<QuantFormat>,
+) -> Result<LoadedLlama> {
+    if crate::gguf::is_gguf_path(path) {
+        if let Some(q) = quant {
+            return Err(AdapterError::InvalidArgument {
+                name: "quant".into(),
+                expected: "no re-quantization of a GGUF file (its tensors are already quantized)"
+                    .into(),
+                actual: q.name().into(),
+            });
+        }
+        return super::load_gguf::load_gguf(path, dtype, device);
+    }
+    let quant = quant.map_or(BaseQuant::None, BaseQuant::Quantize);
+    load_pretrained_with(path, dtype, device, BaseMode::Frozen, &quant)
+}
+
+/// [`load_pretrained`] with the projections stored as `quant` says (frozen mode only).
+pub fn load_pretrained_with(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    mode: BaseMode,
+    quant: &BaseQuant,
+) -> Result<LoadedLlama> {
     let config = LlamaConfig::from_file(&dir.join("config.json"))?;
     let files = weight_files(dir)?;
     let in_dir = |source| AdapterError::InLayer {
@@ -50,7 +87,10 @@ pub fn load_pretrained(
             // SAFETY: the files are mapped read-only and not modified while the model is loaded.
             let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
                 .map_err(in_dir)?;
-            (Llama::load(&config, vb, mode).map_err(in_dir)?, None)
+            (
+                Llama::load_with(&config, vb, mode, quant).map_err(in_dir)?,
+                None,
+            )
         }
         BaseMode::Trainable => {
             let varmap = VarMap::new();

@@ -3,11 +3,15 @@
 //! RoPE are [`crate::nn`]'s differentiable fused ops, the same ones users' models get.
 
 mod load;
+mod load_gguf;
 mod model;
 mod rope;
 
 pub use crate::hf::llama_config::{LlamaConfig, RopeParameters};
 pub use crate::nn::RmsNorm;
-pub use load::{init_random, load_pretrained, random_weights, LoadedLlama};
-pub use model::{Attention, BaseMode, Block, Llama, LmHead, Mlp};
+pub use load::{
+    init_random, load_model, load_pretrained, load_pretrained_with, random_weights, LoadedLlama,
+};
+pub use load_gguf::load_gguf;
+pub use model::{Attention, BaseMode, BaseQuant, Block, Llama, LmHead, Mlp};
 pub use rope::Rope;

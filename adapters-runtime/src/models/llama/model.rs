@@ -7,14 +7,17 @@ use super::rope::Rope;
 use crate::adapter;
 use crate::adapters::FrozenModule;
 use crate::candle_nn::{Embedding, Linear};
+use crate::estimate::QuantFormat;
 use crate::hf::llama_config::LlamaConfig;
 use crate::hf::llama_layout::{self as layout, LlamaLayout};
 use crate::layers::{AdaptedEmbedding, AdaptedLinear};
 use crate::nn::ops::{silu, softmax_last_dim};
 use crate::nn::RmsNorm;
 use crate::ops::frozen_matmul;
+use crate::quant::QuantWeight;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Whether the base weights are loaded frozen (fine-tuning) or as trainable variables (pretraining).
@@ -26,13 +29,36 @@ pub enum BaseMode {
     Trainable,
 }
 
+/// How the projections' frozen weights are stored (QLoRA / QDoRA): as loaded, quantized on
+/// load, or already quantized (read from a GGUF file). Embeddings, norms and the output head
+/// always stay in the base dtype.
+#[derive(Clone, Debug, Default)]
+pub enum BaseQuant {
+    /// Dense, in the base dtype.
+    #[default]
+    None,
+    /// Each projection weight is quantized to this format as it is loaded.
+    Quantize(QuantFormat),
+    /// Projection weights by HF name (`model.layers.0.self_attn.q_proj.weight`), already
+    /// quantized and in HF's row order; projections not in the map load dense from the builder.
+    Prequantized(Arc<HashMap<String, Arc<QuantWeight>>>),
+}
+
+/// What the loaders thread down to every projection.
+#[derive(Clone, Copy)]
+struct Load<'a> {
+    mode: BaseMode,
+    quant: &'a BaseQuant,
+}
+
 /// The projection `name` of a decoder layer, with the dimensions the layout gives it.
 fn projection(
     cfg: &LlamaConfig,
     name: &str,
     vb: &VarBuilder,
-    mode: BaseMode,
+    load: Load,
 ) -> candle_core::Result<AdaptedLinear> {
+    let mode = load.mode;
     let (din, dout, bias) = LlamaLayout::new(cfg).projection_dims(name).ok_or_else(|| {
         candle_core::Error::Msg(format!(
             "no projection `{name}` in a Llama layer (or its width overflows)"
@@ -40,12 +66,33 @@ fn projection(
     })?;
     let vb = vb.pp(name);
     let path = vb.prefix();
-    let w = vb.get((dout, din), "weight")?;
     let b = if bias {
         Some(vb.get(dout, "bias")?)
     } else {
         None
     };
+    let key = format!("{path}.weight");
+    let quantized = match (load.quant, mode) {
+        (BaseQuant::Prequantized(map), BaseMode::Frozen) => map.get(&key).cloned(),
+        (BaseQuant::Quantize(format), BaseMode::Frozen) => {
+            let w = vb.get((dout, din), "weight")?;
+            let q = QuantWeight::quantize(&path, &w, *format).map_err(|e| e.into_candle())?;
+            Some(Arc::new(q))
+        }
+        _ => None,
+    };
+    if let Some(q) = quantized {
+        if q.dims() != (dout, din) {
+            candle_core::bail!(
+                "`{key}`: the quantized weight is {:?}, expected [{dout}, {din}]",
+                q.dims()
+            )
+        }
+        return AdaptedLinear::new_quantized(q, b, vb.dtype())
+            .map(|l| l.with_path(path))
+            .map_err(|e| e.into_candle());
+    }
+    let w = vb.get((dout, din), "weight")?;
     let layer = match mode {
         BaseMode::Frozen => AdaptedLinear::new(w, b),
         BaseMode::Trainable => AdaptedLinear::new_trainable(w, b),
@@ -75,13 +122,13 @@ impl Attention {
         cfg: &LlamaConfig,
         vb: VarBuilder,
         rope: Arc<Rope>,
-        mode: BaseMode,
+        load: Load,
     ) -> candle_core::Result<Self> {
         Ok(Self {
-            q_proj: projection(cfg, "q_proj", &vb, mode)?,
-            k_proj: projection(cfg, "k_proj", &vb, mode)?,
-            v_proj: projection(cfg, "v_proj", &vb, mode)?,
-            o_proj: projection(cfg, "o_proj", &vb, mode)?,
+            q_proj: projection(cfg, "q_proj", &vb, load)?,
+            k_proj: projection(cfg, "k_proj", &vb, load)?,
+            v_proj: projection(cfg, "v_proj", &vb, load)?,
+            o_proj: projection(cfg, "o_proj", &vb, load)?,
             n_heads: cfg.num_attention_heads,
             n_kv_heads: cfg.kv_heads(),
             head_dim: cfg.head_dim(),
@@ -139,11 +186,11 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn load(cfg: &LlamaConfig, vb: VarBuilder, mode: BaseMode) -> candle_core::Result<Self> {
+    fn load(cfg: &LlamaConfig, vb: VarBuilder, load: Load) -> candle_core::Result<Self> {
         Ok(Self {
-            gate_proj: projection(cfg, "gate_proj", &vb, mode)?,
-            up_proj: projection(cfg, "up_proj", &vb, mode)?,
-            down_proj: projection(cfg, "down_proj", &vb, mode)?,
+            gate_proj: projection(cfg, "gate_proj", &vb, load)?,
+            up_proj: projection(cfg, "up_proj", &vb, load)?,
+            down_proj: projection(cfg, "down_proj", &vb, load)?,
         })
     }
 
@@ -171,7 +218,7 @@ impl Block {
         cfg: &LlamaConfig,
         vb: VarBuilder,
         rope: Arc<Rope>,
-        mode: BaseMode,
+        load: Load,
     ) -> candle_core::Result<Self> {
         let norm = |name: &str| -> candle_core::Result<RmsNorm> {
             Ok(RmsNorm::new(
@@ -181,9 +228,9 @@ impl Block {
         };
         Ok(Self {
             input_layernorm: norm(layout::LAYER_NORMS[0])?,
-            self_attn: Attention::load(cfg, vb.pp("self_attn"), rope, mode)?,
+            self_attn: Attention::load(cfg, vb.pp("self_attn"), rope, load)?,
             post_attention_layernorm: norm(layout::LAYER_NORMS[1])?,
-            mlp: Mlp::load(cfg, vb.pp("mlp"), mode)?,
+            mlp: Mlp::load(cfg, vb.pp("mlp"), load)?,
         })
     }
 
@@ -234,6 +281,18 @@ impl Llama {
     /// Loads `model.*` / `lm_head.*` weights in HF's layout from `vb` (its dtype is the base
     /// dtype). Layers remember their checkpoint paths, so adapters get PEFT's key names.
     pub fn load(cfg: &LlamaConfig, vb: VarBuilder, mode: BaseMode) -> candle_core::Result<Self> {
+        Self::load_with(cfg, vb, mode, &BaseQuant::None)
+    }
+
+    /// [`Llama::load`] with the projections' frozen weights stored as `quant` says (QLoRA /
+    /// QDoRA; only for [`BaseMode::Frozen`] — a trainable base is never quantized).
+    pub fn load_with(
+        cfg: &LlamaConfig,
+        vb: VarBuilder,
+        mode: BaseMode,
+        quant: &BaseQuant,
+    ) -> candle_core::Result<Self> {
+        let load = Load { mode, quant };
         cfg.validate().map_err(|(f, e, a)| {
             candle_core::Error::Msg(format!("config: `{f}` is {a}, expected {e}"))
         })?;
@@ -253,7 +312,7 @@ impl Llama {
         }
         .with_path(layout::EMBED_TOKENS);
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Block::load(cfg, vb.pp(layout::LAYERS).pp(i), rope.clone(), mode))
+            .map(|i| Block::load(cfg, vb.pp(layout::LAYERS).pp(i), rope.clone(), load))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let norm = RmsNorm::new(
             vb.pp(layout::FINAL_NORM).get(cfg.hidden_size, "weight")?,
@@ -376,7 +435,7 @@ impl Llama {
                 let w = if merged {
                     lin.merged_weight_tensor()?
                 } else {
-                    lin.weight().clone()
+                    lin.dense_weight()?
                 };
                 out.push((format!("{path}.weight"), w));
                 if let Some(b) = lin.bias() {

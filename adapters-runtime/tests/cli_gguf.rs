@@ -1,0 +1,159 @@
+//! The built `adapters` binary on GGUF files: `inspect FILE.gguf`, and `merge --base FILE.gguf`
+//! to HF (equal to PEFT's `merge_and_unload` over the same weights) and to GGUF (`--quant`).
+
+use safetensors::SafeTensors;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+fn adapters(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_adapters"))
+        .args(args)
+        .output()
+        .expect("running adapters")
+}
+
+fn text(o: &[u8]) -> String {
+    String::from_utf8_lossy(o).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("adapters-cli-gguf-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn f32s(st: &SafeTensors, key: &str) -> Vec<f32> {
+    let v = st.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
+    assert_eq!(v.dtype(), safetensors::Dtype::F32, "{key}");
+    v.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+#[test]
+fn inspect_a_gguf_file() {
+    let f = fixtures().join("gguf/tiny_llama_k.gguf");
+    let o = adapters(&["inspect", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    for s in [
+        "architecture llama",
+        "hidden 256, intermediate 512, 2 layers, 4 heads (2 kv, head dim 64), vocab 96, untied head",
+        "tokenizer: gpt2, 96 tokens",
+        "blk.1.ffn_down.weight",
+        "model.layers.1.mlp.down_proj.weight",
+        "Q6K",
+        "total Q4K",
+        "total (21 tensors)",
+    ] {
+        assert!(out.contains(s), "{s} in:\n{out}");
+    }
+}
+
+/// The F32 GGUF holds the HF checkpoint's weights (q/k rows permuted as llama.cpp does): merging
+/// PEFT's fixture adapter into it and writing HF gives PEFT's merged weights.
+#[test]
+fn merge_gguf_to_hf_equals_peft() {
+    let tmp = scratch("hf");
+    let base = fixtures().join("gguf/tiny_llama_f32.gguf");
+    let adapter = fixtures().join("peft/tiny_llama_dora/adapter");
+    let out = tmp.join("merged.safetensors");
+    let o = adapters(&[
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("merged 14 weight(s)"),
+        "{}",
+        text(&o.stdout)
+    );
+    let ours = std::fs::read(&out).unwrap();
+    let ours = SafeTensors::deserialize(&ours).unwrap();
+    let peft = std::fs::read(fixtures().join("peft/tiny_llama_dora/merged.safetensors")).unwrap();
+    let peft = SafeTensors::deserialize(&peft).unwrap();
+    let mut n = 0;
+    for key in peft.names() {
+        let want: Vec<f64> = {
+            let v = peft.tensor(key).unwrap();
+            match v.dtype() {
+                safetensors::Dtype::F64 => v
+                    .data()
+                    .chunks_exact(8)
+                    .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                _ => f32s(&peft, key).into_iter().map(f64::from).collect(),
+            }
+        };
+        let got = f32s(&ours, key);
+        let scale = want.iter().fold(0f64, |m, x| m.max(x.abs()));
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs()));
+        assert!(err <= 1e-6 * scale, "{key}: {err} vs scale {scale}");
+        n += 1;
+    }
+    assert_eq!(n, ours.names().len());
+    let _ = std::fs::remove_dir_all(tmp);
+}
+
+/// `--quant` re-quantizes the merged weights of a GGUF output; with an HF base it is refused.
+#[test]
+fn merge_gguf_to_gguf_with_quant() {
+    let tmp = scratch("gguf");
+    let base = fixtures().join("gguf/tiny_llama_q8_0.gguf");
+    let adapter = fixtures().join("peft/tiny_llama_dora/adapter");
+    let out = tmp.join("merged.gguf");
+    let args = |out: &PathBuf, base: &PathBuf| {
+        vec![
+            "merge".to_string(),
+            "--base".into(),
+            base.display().to_string(),
+            "--adapter".into(),
+            adapter.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--quant".into(),
+            "q4_0".into(),
+        ]
+    };
+    let run = |a: Vec<String>| adapters(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run(args(&out, &base));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = adapters(&["inspect", out.to_str().unwrap()]);
+    let listing = text(&o.stdout);
+    assert!(
+        listing.contains("total Q4_0") && listing.contains("total Q8_0"),
+        "{listing}"
+    );
+    // Exists now: refused without --force, and the file is unchanged.
+    let before = std::fs::read(&out).unwrap();
+    let o = run(args(&out, &base));
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("--force"), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+    // --quant with an HF base.
+    let hf = fixtures().join("peft/tiny_llama_dora/model");
+    let o = run(args(&tmp.join("x"), &hf));
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("--quant"), "{}", text(&o.stderr));
+    // An unknown format.
+    let mut a = args(&tmp.join("y.gguf"), &base);
+    *a.last_mut().unwrap() = "q7".into();
+    let o = run(a);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("q4_0"), "{}", text(&o.stderr));
+    let _ = std::fs::remove_dir_all(tmp);
+}

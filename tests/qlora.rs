@@ -1,0 +1,282 @@
+//! QLoRA / QDoRA: adapters over a quantized frozen base (NF4 and GGML types) compute exactly
+//! what they compute over the dequantized-f32 base, pass input gradients only, and train every
+//! adapter tensor of the bundled Llama.
+
+mod common;
+
+use adapters_runtime::candle_core::quantized::QTensor;
+use adapters_runtime::candle_core::{DType, Device, Module, Tensor, Var};
+use adapters_runtime::candle_nn::VarMap;
+use adapters_runtime::estimate::{quant_weight_bytes, QuantFormat};
+use adapters_runtime::models::llama::{load_model, load_pretrained, BaseMode};
+use adapters_runtime::quant::QuantWeight;
+use adapters_runtime::train::{llama_loss, AdamW, AdamWConfig, Batch, Grads};
+use adapters_runtime::{AdaptedLinear, AdapterConfig, Adapters, Init, Method};
+use common::{assert_close, fixture_dir, load, rand_tensor, rel_err, test_device};
+use std::sync::Arc;
+
+const FORMATS: [QuantFormat; 6] = [
+    QuantFormat::Nf4,
+    QuantFormat::Q4_0,
+    QuantFormat::Q4_1,
+    QuantFormat::Q8_0,
+    QuantFormat::Q4K,
+    QuantFormat::Q6K,
+];
+
+/// The device under test (`ADAPTERS_TEST_DEVICE`, CPU by default).
+fn device() -> Device {
+    test_device()
+}
+
+/// A `[out, in]` weight N(0, 0.05) quantized to `format`, and its dequantized f32 values.
+fn quantized(format: QuantFormat, out: usize, inp: usize, seed: u64) -> (Arc<QuantWeight>, Tensor) {
+    let w = rand_tensor(seed, &[out, inp], 0.05, DType::F32);
+    let q = QuantWeight::quantize("test.proj", &w, format).unwrap();
+    let deq = q.dequantize(DType::F32).unwrap();
+    assert_eq!(q.dims(), (out, inp));
+    assert_eq!(
+        Some(q.storage_bytes()),
+        quant_weight_bytes(format, out, inp),
+        "{format:?}: storage bytes"
+    );
+    // The quantization error is that of a 4–8 bit format, not garbage.
+    let err = rel_err(&deq, &w);
+    assert!(err < 0.2, "{format:?}: dequantized vs original {err}");
+    (Arc::new(q), deq)
+}
+
+fn cfg(method: Method) -> AdapterConfig {
+    AdapterConfig {
+        method,
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        rslora: false,
+        init: Init::Kaiming,
+    }
+}
+
+/// Random adapter weights (B non-zero, m perturbed) so every term of the forward matters.
+fn adapter_weights(out: usize, inp: usize, seed: u64) -> (Tensor, Tensor, Tensor) {
+    (
+        rand_tensor(seed, &[4, inp], 0.1, DType::F32),
+        rand_tensor(seed + 1, &[out, 4], 0.1, DType::F32),
+        (rand_tensor(seed + 2, &[out], 0.1, DType::F32) + 1.0).unwrap(),
+    )
+}
+
+/// Forward, input gradient and adapter gradients of `sum(y · g)`.
+fn run(layer: &AdaptedLinear, x: &Var, g: &Tensor) -> (Tensor, Tensor, Vec<Tensor>) {
+    let y = layer.forward(x.as_tensor()).unwrap();
+    let grads = (&y * g).unwrap().sum_all().unwrap().backward().unwrap();
+    let gx = grads.get(x.as_tensor()).unwrap().clone();
+    let gad = layer
+        .named_vars()
+        .iter()
+        .map(|(n, v)| {
+            grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("{n}: no gradient"))
+                .clone()
+        })
+        .collect();
+    (y, gx, gad)
+}
+
+/// Every format: the quantized layer's forward, input gradient and adapter gradients equal the
+/// dense layer's over the dequantized weight (bare: bit for bit; LoRA and DoRA: within f32
+/// rounding, since the products are associated differently), and merge / unmerge agree.
+#[test]
+fn quantized_base_equals_the_dequantized_dense_base() {
+    let (out, inp) = (48, 256);
+    for (i, format) in FORMATS.into_iter().enumerate() {
+        let (q, deq) = quantized(format, out, inp, 10 + i as u64);
+        let x = Var::from_tensor(&rand_tensor(3, &[2, 5, inp], 1.0, DType::F32)).unwrap();
+        let g = rand_tensor(4, &[2, 5, out], 1.0, DType::F32);
+        let bias = rand_tensor(5, &[out], 0.1, DType::F32);
+
+        // Bare: y = x·deq(W)ᵀ + b exactly, dx = g·deq(W) exactly.
+        let ql = AdaptedLinear::new_quantized(q.clone(), Some(bias.clone()), DType::F32).unwrap();
+        let dl = AdaptedLinear::new(deq.clone(), Some(bias.clone()));
+        let y = ql.forward(x.as_tensor()).unwrap();
+        let yd = dl.forward(x.as_tensor()).unwrap();
+        assert_eq!(rel_err(&y, &yd), 0.0, "{format:?}: bare forward");
+        let gq = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gd = (&yd * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let (gxq, gxd) = (
+            gq.get(x.as_tensor()).unwrap(),
+            gd.get(x.as_tensor()).unwrap(),
+        );
+        assert_eq!(rel_err(gxq, gxd), 0.0, "{format:?}: bare input gradient");
+
+        for method in [Method::Lora, Method::Dora] {
+            let (a, b, m) = adapter_weights(out, inp, 20 + i as u64);
+            let m = (method == Method::Dora).then_some(&m);
+            let mut ql = AdaptedLinear::new_quantized(q.clone(), Some(bias.clone()), DType::F32)
+                .unwrap()
+                .with_path("test.proj");
+            let mut dl = AdaptedLinear::new(deq.clone(), Some(bias.clone())).with_path("test.proj");
+            ql.attach_weights(cfg(method), &a, &b, m).unwrap();
+            dl.attach_weights(cfg(method), &a, &b, m).unwrap();
+            let (yq, gxq, gaq) = run(&ql, &x, &g);
+            let (yd, gxd, gad) = run(&dl, &x, &g);
+            let what = format!("{format:?} {method:?}");
+            assert_close(&format!("{what}: forward"), &yq, &yd, 1e-6);
+            assert_close(&format!("{what}: input gradient"), &gxq, &gxd, 1e-6);
+            for (k, (p, r)) in gaq.iter().zip(&gad).enumerate() {
+                assert_close(&format!("{what}: adapter gradient {k}"), p, r, 1e-5);
+            }
+            if method == Method::Dora {
+                let (nq, nd) = (ql.weight_norm().unwrap(), dl.weight_norm().unwrap());
+                assert_close(&format!("{what}: DoRA norm"), &nq, &nd, 1e-6);
+            }
+            // Merged: a dense merged weight, same outputs; unmerged: the quantized base again.
+            let merged = ql.merged_weight_tensor().unwrap();
+            assert_close(
+                &format!("{what}: merged weight"),
+                &merged,
+                &dl.merged_weight_tensor().unwrap(),
+                1e-6,
+            );
+            ql.merge().unwrap();
+            assert!(!ql.base_is_quantized());
+            let ym = ql.forward(x.as_tensor()).unwrap();
+            assert_close(&format!("{what}: merged forward"), &ym, &yq, 1e-5);
+            ql.unmerge().unwrap();
+            assert!(ql.base_is_quantized());
+            let yu = ql.forward(x.as_tensor()).unwrap();
+            assert_eq!(rel_err(&yu, &yq), 0.0, "{what}: unmerge is exact");
+        }
+    }
+}
+
+/// The quantized product passes no gradient to anything but its input: the base has no `Var`,
+/// and a graph whose only leaf is the input gives exactly one gradient.
+#[test]
+fn only_the_input_gets_a_gradient() {
+    let (q, _) = quantized(QuantFormat::Q8_0, 32, 64, 1);
+    let l = AdaptedLinear::new_quantized(q, None, DType::F32).unwrap();
+    assert!(l.named_vars().is_empty());
+    let x = Var::from_tensor(&rand_tensor(2, &[3, 64], 1.0, DType::F32)).unwrap();
+    let grads = l
+        .forward(x.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(x.as_tensor()).is_some());
+    assert!(grads.get(l.weight()).is_none());
+}
+
+/// Shapes a format cannot store are typed errors naming the layer, the format and the block.
+#[test]
+fn unstorable_shapes_are_errors() {
+    let w = rand_tensor(1, &[8, 100], 0.1, DType::F32);
+    let err = QuantWeight::quantize("model.layers.0.mlp.up_proj", &w, QuantFormat::Q4K)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.layers.0.mlp.up_proj") && err.contains("q4k") && err.contains("256"),
+        "{err}"
+    );
+    // NF4 blocks run over the flattened weight: any shape works.
+    let q = QuantWeight::quantize("x", &w, QuantFormat::Nf4).unwrap();
+    assert_eq!(q.dims(), (8, 100));
+    // GGML rows are reordered whole; NF4 rows cannot be.
+    assert!(q
+        .permute_rows("x", &(0..8).rev().collect::<Vec<_>>())
+        .is_err());
+    let w = rand_tensor(1, &[4, 32], 0.1, DType::F32);
+    let q = QuantWeight::quantize("x", &w, QuantFormat::Q8_0).unwrap();
+    let p = q.permute_rows("x", &[2, 0, 3, 1]).unwrap();
+    let (a, b) = (
+        q.dequantize(DType::F32).unwrap(),
+        p.dequantize(DType::F32).unwrap(),
+    );
+    let idx = Tensor::new(&[2u32, 0, 3, 1], a.device()).unwrap();
+    assert_eq!(rel_err(&b, &a.index_select(&idx, 0).unwrap()), 0.0);
+    assert!(q.permute_rows("x", &[0, 0, 1, 2]).is_err());
+    // GGML storage is exactly candle's.
+    let QuantWeight::Ggml(t) = &q else { panic!() };
+    assert_eq!(t.storage_size_in_bytes(), q.storage_bytes());
+    let _: &QTensor = t;
+}
+
+fn batch() -> Batch {
+    let all = load("tiny_llama_dora", "io.safetensors")["input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_device(&device())
+        .unwrap();
+    let (b, t) = all.dims2().unwrap();
+    Batch {
+        input_ids: all.narrow(1, 0, t - 1).unwrap(),
+        targets: all.narrow(1, 1, t - 1).unwrap(),
+        loss_mask: Tensor::ones((b, t - 1), DType::F32, &device()).unwrap(),
+        tokens: b * (t - 1),
+        target_tokens: b * (t - 1),
+    }
+}
+
+/// The bundled Llama loaded with `--quant` (NF4, Q8_0, Q4_0): its logits stay within the
+/// format's quantization error of the dense model's; every adapter tensor of every layer (DoRA
+/// on the embedding and the 14 quantized projections) has a gradient at step 1 and a non-zero
+/// one at step 2; the loss falls.
+#[test]
+fn qdora_trains_every_adapter_tensor_of_the_llama() {
+    let dir = fixture_dir("tiny_llama_dora").join("model");
+    let dense = load_pretrained(&dir, DType::F32, &device(), BaseMode::Frozen)
+        .unwrap()
+        .model;
+    let b = batch();
+    let reference = dense.forward(&b.input_ids).unwrap();
+    for (format, tol) in [
+        (QuantFormat::Nf4, 0.2),
+        (QuantFormat::Q8_0, 0.01),
+        (QuantFormat::Q4_0, 0.2),
+    ] {
+        let mut m = load_model(&dir, DType::F32, &device(), Some(format))
+            .unwrap()
+            .model;
+        let logits = m.forward(&b.input_ids).unwrap();
+        let err = rel_err(&logits, &reference);
+        assert!(err < tol, "{format:?}: logits vs dense {err}");
+        let varmap = VarMap::new();
+        m.attach_adapters(&varmap, 5).unwrap();
+        let vars = m.named_trainable_vars().unwrap();
+        assert_eq!(vars.len(), 3 * 15);
+        let params = vars.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        let mut opt = AdamW::new(params, AdamWConfig::default()).unwrap();
+        let mut losses = Vec::new();
+        for step in 1..=4 {
+            let loss = llama_loss(&m, &b).unwrap();
+            losses.push(loss.to_scalar::<f32>().unwrap());
+            let grads = loss.backward().unwrap();
+            m.check_gradients(&grads).unwrap();
+            if step == 2 {
+                for (name, v) in &vars {
+                    let n = grads
+                        .get(v.as_tensor())
+                        .unwrap()
+                        .sqr()
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    assert!(n > 0.0, "{format:?} {name}: zero gradient at step 2");
+                }
+            }
+            let g = Grads::from_store(&vars, &grads).unwrap();
+            opt.step(&g, 1e-2).unwrap();
+        }
+        assert!(
+            losses[3] < losses[0],
+            "{format:?}: the loss falls: {losses:?}"
+        );
+        // Adapters and their optimizer state stay f32.
+        assert!(vars.iter().all(|(_, v)| v.dtype() == DType::F32));
+    }
+}
