@@ -13,6 +13,8 @@
 //! second, the process's peak resident memory (Linux: `VmHWM`), minor page faults per timed step,
 //! and the training-memory estimate the `finetune` example prints (the formulas behind
 //! `VRAM_BYTES`). `scripts/peft_train_compare.py` runs the same shapes with PyTorch + PEFT.
+//! `--quant nf4|q4_0|q8_0|…` stores the projections quantized (QLoRA / QDoRA), each made and
+//! quantized one at a time ([`random_var_builder`]), and reports the quantized base's bytes.
 
 #[path = "support/bench.rs"]
 #[allow(dead_code)]
@@ -20,11 +22,13 @@ mod bench;
 
 use adapters_runtime::candle_core::{DType, Tensor};
 use adapters_runtime::candle_nn::{VarBuilder, VarMap};
-use adapters_runtime::estimate::BaseDType;
-use adapters_runtime::models::llama::{random_weights, BaseMode, Llama, LlamaConfig};
+use adapters_runtime::estimate::{BaseDType, QuantFormat};
+use adapters_runtime::models::llama::{
+    random_var_builder, random_weights, BaseMode, BaseQuant, Llama, LlamaConfig,
+};
+use adapters_runtime::train::memory::estimate_training_quantized;
 use adapters_runtime::train::{
-    estimate_training, llama_loss, BatchLoader, EstimateRequest, LrSchedule, Sequence, TrainConfig,
-    Trainer,
+    llama_loss, BatchLoader, EstimateRequest, LrSchedule, Sequence, TrainConfig, Trainer,
 };
 use adapters_runtime::{AdapterConfig, Adapters, Init, Method, Targets};
 use bench::{median, Res};
@@ -115,6 +119,9 @@ struct Args {
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Store the projections quantized: nf4, q4_0, q4_1, q5_0, q5_1, q8_0, q2k … q8k.
+    #[arg(long)]
+    quant: Option<String>,
     /// Seed of the weights, adapters and token ids.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -138,6 +145,10 @@ struct Record {
     targets: String,
     dtype: String,
     device: String,
+    /// The projections' storage format (`null`: dense).
+    quant: Option<String>,
+    /// Bytes of the frozen projections as stored.
+    projection_bytes: usize,
     batch: usize,
     seq: usize,
     tokens_per_step: usize,
@@ -214,12 +225,34 @@ fn run(args: Args) -> Res<()> {
         return Ok(());
     }
 
+    let quant = match &args.quant {
+        Some(q) => Some(
+            QuantFormat::parse(q)
+                .ok_or_else(|| format!("--quant `{q}`: expected one of {}", QuantFormat::names()))?,
+        ),
+        None => None,
+    };
     // The frozen base: random weights, as HF initialises a Llama.
-    let weights: HashMap<String, Tensor> = random_weights(&cfg, dtype, &device, args.seed)?
-        .into_iter()
-        .collect();
-    let vb = VarBuilder::from_tensors(weights, dtype, &device);
-    let mut model = Llama::load(&cfg, vb, BaseMode::Frozen)?;
+    let mut model = match quant {
+        None => {
+            let weights: HashMap<String, Tensor> =
+                random_weights(&cfg, dtype, &device, args.seed)?
+                    .into_iter()
+                    .collect();
+            let vb = VarBuilder::from_tensors(weights, dtype, &device);
+            Llama::load(&cfg, vb, BaseMode::Frozen)?
+        }
+        Some(q) => {
+            let vb = random_var_builder(&cfg, dtype, &device, args.seed);
+            Llama::load_with(&cfg, vb, BaseMode::Frozen, &BaseQuant::Quantize(q))?
+        }
+    };
+    let mut projection_bytes = 0;
+    model.for_each_layer(&mut |_, l| {
+        if !l.is_embedding() {
+            projection_bytes += l.base_bytes();
+        }
+    })?;
 
     let method = match args.method {
         MethodArg::Dora => Method::Dora,
@@ -241,7 +274,7 @@ fn run(args: Args) -> Res<()> {
         targets.matches(path).then_some(adapter)
     })?;
     let tokens_per_step = args.batch * args.seq;
-    let estimate = estimate_training(
+    let estimate = estimate_training_quantized(
         &cfg,
         &EstimateRequest {
             method,
@@ -251,6 +284,7 @@ fn run(args: Args) -> Res<()> {
             batch_tokens: tokens_per_step,
             seq_len: args.seq,
         },
+        quant,
     )?;
 
     let seqs = random_sequences(&args, cfg.vocab_size);
@@ -297,6 +331,8 @@ fn run(args: Args) -> Res<()> {
         targets: args.targets.clone(),
         dtype: args.dtype.clone(),
         device: args.device.clone(),
+        quant: quant.map(|q| q.name().to_string()),
+        projection_bytes,
         batch: args.batch,
         seq: args.seq,
         tokens_per_step,
@@ -315,8 +351,9 @@ fn run(args: Args) -> Res<()> {
         final_loss: summary.final_loss(),
     };
     println!(
-        "{} {:?} r={} {}×{} tokens: median step {:.1} ms (forward {:.1} ms), {:.0} tokens/s, peak RSS {}, estimate {}, {} page faults/step",
+        "{} {} {:?} r={} {}×{} tokens: median step {:.1} ms (forward {:.1} ms), {:.0} tokens/s, peak RSS {}, estimate {}, projections {}, {} page faults/step",
         rec.model,
+        rec.quant.as_deref().unwrap_or(&rec.dtype),
         rec.method,
         rec.rank,
         rec.batch,
@@ -328,6 +365,7 @@ fn run(args: Args) -> Res<()> {
             .map(|b| adapters_runtime::estimate::human_bytes(b as usize))
             .unwrap_or_else(|| "n/a".into()),
         adapters_runtime::estimate::human_bytes(rec.estimate_bytes),
+        adapters_runtime::estimate::human_bytes(rec.projection_bytes),
         rec.page_faults_per_step
             .map(|f| format!("{f:.0}"))
             .unwrap_or_else(|| "n/a".into()),

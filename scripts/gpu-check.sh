@@ -4,7 +4,8 @@
 # example, the training-memory measurement, the layer benchmark in bf16, and PEFT's benchmark of
 # the same layers on the same card (scripts/peft_bench.py; needs torch + peft), and model-level
 # training of a ~1B Llama (bf16, 4 × 1024 tokens, r = 16) against PEFT in the same call
-# (scripts/peft_train_compare.py with bench_train; needs torch + transformers + peft). A short table is
+# (scripts/peft_train_compare.py with bench_train; needs torch + transformers + peft), and the same
+# with an NF4 base against PEFT over bitsandbytes 4-bit (QLoRA / QDoRA; needs bitsandbytes). A short table is
 # printed last; everything is also written under --out.
 #
 # Usage: scripts/gpu-check.sh [--bin DIR] [--out DIR] [--steps N] [--runs N] [--only LIST] [--dry-run]
@@ -13,7 +14,7 @@
 #   --out DIR     results: logs and JSON (default: /tmp/adapters-gpu-check)
 #   --steps N     fine-tuning steps of the example (default 60)
 #   --runs N      timed runs per benchmark figure (default 20)
-#   --only LIST   comma-separated subset of: tests,finetune,vram,bench,peft,train (default: all)
+#   --only LIST   comma-separated subset of: tests,finetune,vram,bench,peft,train,qlora (default: all)
 #   --dry-run     check the arguments, the GPU and the binaries, run nothing
 #
 # Environment: CUDA_LIB_DIR (default /usr/local/cuda/lib64) is put first on LD_LIBRARY_PATH;
@@ -26,7 +27,7 @@ bin=$repo/gpu-bin
 out=/tmp/adapters-gpu-check
 steps=60
 runs=20
-only=tests,finetune,vram,bench,peft,train
+only=tests,finetune,vram,bench,peft,train,qlora
 dry=0
 die() { echo "gpu-check: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -46,7 +47,7 @@ for v in "$steps" "$runs"; do
 done
 IFS=, read -ra parts <<<"$only"
 for p in "${parts[@]}"; do
-  case $p in tests|finetune|vram|bench|peft) ;; *) die "--only: unknown step \`$p\` (tests,finetune,vram,bench,peft)" ;; esac
+  case $p in tests|finetune|vram|bench|peft|train|qlora) ;; *) die "--only: unknown step \`$p\` (tests,finetune,vram,bench,peft,train,qlora)" ;; esac
 done
 wants() { [[ ",$only," == *",$1,"* ]]; }
 PYTHON=${PYTHON:-python3}
@@ -194,15 +195,34 @@ if wants train; then
   fi
 fi
 
+# --- 6. QLoRA / QDoRA: an NF4 base, ours and PEFT + bitsandbytes in the same call -----------
+if wants qlora; then
+  if [ -z "${exe[bench_train]:-}" ]; then record qlora "FAIL: bench_train not in $bin"
+  elif ! "$PYTHON" -c 'import torch, transformers, peft, bitsandbytes' 2>/dev/null; then
+    record qlora "skipped: $PYTHON cannot import torch, transformers, peft and bitsandbytes"
+  else
+    echo "gpu-check: [qlora] peft_train_compare.py --quant nf4 --preset llama-1b --dtype bf16 --batch 4 --seq 1024 --rank 16"
+    if "$PYTHON" "$repo/scripts/peft_train_compare.py" --bin "${exe[bench_train]}" --device cuda \
+      --quant nf4 --dtype bf16 --preset llama-1b --batch 4 --seq 1024 --rank 16 --rounds 1 --steps 5 \
+      --json "$out/qlora_compare.json" >"$out/qlora_compare.log" 2>&1; then
+      record qlora ok
+    else record qlora "FAIL (exit $?): $(tail -3 "$out/qlora_compare.log" | tr '\n' ' ')"; fi
+  fi
+fi
+
 # --- the table -----------------------------------------------------------------------------
 echo
 echo "== adapters on $gpu"
-for step in tests finetune vram bench peft train; do
+for step in tests finetune vram bench peft train qlora; do
   wants "$step" && printf '%-9s %s\n' "$step" "${result[$step]:-not run}"
 done
 if [ -f "$out/train_compare.log" ]; then
   echo; echo "model-level training (scripts/peft_train_compare.py)"
   sed -n '/^| method/,$p' "$out/train_compare.log"
+fi
+if [ -f "$out/qlora_compare.log" ]; then
+  echo; echo "QLoRA / QDoRA, NF4 base (scripts/peft_train_compare.py --quant nf4)"
+  sed -n '/^| method/,$p' "$out/qlora_compare.log"
 fi
 if command -v "$PYTHON" >/dev/null 2>&1; then
   "$PYTHON" - "$out" <<'PY'

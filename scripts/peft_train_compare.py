@@ -14,6 +14,12 @@ rounds interleave: for each round, for each case, ours then PEFT's (then the ord
 round), so both see the same machine conditions. A figure is the median over rounds of each
 process's median step time; the ratios are medians of per-round ratios.
 
+With `--quant nf4` (QLoRA / QDoRA) ours runs `bench_train --quant nf4` and PEFT's side loads the
+same-shaped random base (saved once by this process) with bitsandbytes' 4-bit NF4 and double
+quantization (`BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=<dtype>)`), as PEFT users load it; no
+gradient checkpointing on either side.
+
 Usage:
   cargo build --release --example bench_train
   python3 scripts/peft_train_compare.py --preset smollm-135m --rounds 2 --steps 4 [--json out.json]
@@ -66,7 +72,17 @@ def worker(a):
     cfg = json.loads(a.config_json)
     cfg["use_cache"] = False
     torch.manual_seed(a.seed)
-    model = LlamaForCausalLM(LlamaConfig(**cfg)).to(device=dev, dtype=dt)
+    if a.quant:
+        # QLoRA: the base saved by the parent, loaded 4-bit by bitsandbytes (NF4, double
+        # quantization, compute in the run's dtype), as PEFT users load it.
+        from transformers import BitsAndBytesConfig
+
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dt)
+        model = LlamaForCausalLM.from_pretrained(a.quant_base, quantization_config=q,
+                                                 device_map=a.device, dtype=dt)
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**cfg)).to(device=dev, dtype=dt)
     pcfg = LoraConfig(
         r=a.rank,
         lora_alpha=a.alpha if a.alpha else 2 * a.rank,
@@ -111,6 +127,7 @@ def worker(a):
         "batch": a.batch,
         "seq": a.seq,
         "dtype": a.dtype,
+        "quant": a.quant,
         "device": a.device,
         "tokens_per_step": a.batch * a.seq,
         "trainable_params": sum(p.numel() for p in params),
@@ -152,6 +169,8 @@ def ours(a, method, json_path):
     cmd += ["--config", a.config] if a.config else ["--preset", a.preset]
     if a.alpha:
         cmd += ["--alpha", str(a.alpha)]
+    if a.quant:
+        cmd += ["--quant", a.quant]
     _, rss = measure(cmd)
     with open(json_path) as f:
         rec = json.load(f)[0]
@@ -168,6 +187,8 @@ def peft_run(a, method, config_json):
         cmd += ["--alpha", str(a.alpha)]
     if a.threads:
         cmd += ["--threads", str(a.threads)]
+    if a.quant:
+        cmd += ["--quant", a.quant, "--quant-base", a.quant_base]
     out, rss = measure(cmd)
     line = [l for l in out.splitlines() if l.startswith("RESULT ")][-1]
     rec = json.loads(line[len("RESULT "):])
@@ -200,14 +221,32 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     ap.add_argument("--bin", default="target/release/examples/bench_train")
     ap.add_argument("--json", help="write every record to this file")
+    ap.add_argument("--quant", choices=["nf4"], help="QLoRA / QDoRA: ours --quant nf4, PEFT over "
+                    "bitsandbytes 4-bit NF4 with double quantization")
+    ap.add_argument("--quant-base", help=argparse.SUPPRESS)
+    ap.add_argument("--save-base", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         return worker(a)
+    if a.save_base:
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(a.seed)
+        LlamaForCausalLM(LlamaConfig(**json.loads(a.config_json))).save_pretrained(a.save_base)
+        return 0
 
     cfg_cmd = [a.bin, "--print-config"] + (["--config", a.config] if a.config else ["--preset", a.preset])
     config_json = subprocess.run(cfg_cmd, check=True, capture_output=True, text=True).stdout.strip()
     methods = [m for m in a.method.split(",") if m]
     tmp = f"/tmp/bench_train_{os.getpid()}.json"
+    if a.quant:
+        # The random base PEFT's workers load quantized, saved once by a child process: a child
+        # forked from a large parent would start its peak RSS (wait4's ru_maxrss) at the
+        # parent's size.
+        a.quant_base = f"/tmp/peft_qbase_{os.getpid()}"
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--save-base", a.quant_base,
+                        "--config-json", config_json, "--seed", str(a.seed)], check=True)
     records = []
     for rnd in range(a.rounds):
         for m in methods:
@@ -221,12 +260,16 @@ def main():
                       file=sys.stderr, flush=True)
     if os.path.exists(tmp):
         os.remove(tmp)
+    if a.quant:
+        import shutil
+
+        shutil.rmtree(a.quant_base, ignore_errors=True)
 
     def pick(impl, m):
         return [r for r in records if r["impl"] == impl and r["method"] == m]
 
     name = a.config or a.preset
-    print(f"\n{name}, {a.dtype}, batch {a.batch} × {a.seq} tokens, r = {a.rank} on {a.targets}, "
+    print(f"\n{name}, {a.dtype}{', base ' + a.quant if a.quant else ''}, batch {a.batch} × {a.seq} tokens, r = {a.rank} on {a.targets}, "
           f"{a.rounds} rounds × {a.steps} timed steps (medians)\n")
     print("| method | ours tokens/s | PEFT tokens/s | ours / PEFT | ours peak RSS | PEFT peak RSS | ours estimate | estimate / RSS | estimate / (RSS − start) |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -151,6 +151,37 @@ fn quantized_base_equals_the_dequantized_dense_base() {
     }
 }
 
+/// With dropout in training (the composed, not the fused, path) the quantized layer still equals
+/// the dense one over the dequantized weight.
+#[test]
+fn dropout_path_equals_the_dense_base() {
+    let (out, inp) = (40, 64);
+    let (q, deq) = quantized(QuantFormat::Q8_0, out, inp, 7);
+    let x = Var::from_tensor(&rand_tensor(3, &[6, inp], 1.0, DType::F32)).unwrap();
+    let g = rand_tensor(4, &[6, out], 1.0, DType::F32);
+    for method in [Method::Lora, Method::Dora] {
+        let (a, b, m) = adapter_weights(out, inp, 30);
+        let m = (method == Method::Dora).then_some(&m);
+        let mut c = cfg(method);
+        c.dropout = 0.25;
+        let mut ql = AdaptedLinear::new_quantized(q.clone(), None, DType::F32)
+            .unwrap()
+            .with_path("test.proj");
+        let mut dl = AdaptedLinear::new(deq.clone(), None).with_path("test.proj");
+        ql.attach_weights(c, &a, &b, m).unwrap();
+        dl.attach_weights(c, &a, &b, m).unwrap();
+        ql.set_training(true);
+        dl.set_training(true);
+        let (yq, gxq, gaq) = run(&ql, &x, &g);
+        let (yd, gxd, gad) = run(&dl, &x, &g);
+        assert_close(&format!("{method:?} dropout: forward"), &yq, &yd, 1e-6);
+        assert_close(&format!("{method:?} dropout: dx"), &gxq, &gxd, 1e-6);
+        for (p, r) in gaq.iter().zip(&gad) {
+            assert_close(&format!("{method:?} dropout: adapter gradient"), p, r, 1e-5);
+        }
+    }
+}
+
 /// The quantized product passes no gradient to anything but its input: the base has no `Var`,
 /// and a graph whose only leaf is the input gives exactly one gradient.
 #[test]

@@ -6,7 +6,10 @@ use crate::layers::adapted::Adapted;
 use crate::layers::adapter::Adapter;
 use crate::layers::dora_norm::dora_scale;
 use crate::layers::kind::LinearBase;
-use crate::ops::{dora_matmul, frozen_matmul, lora_matmul, quant_matmul, row_scale, DoraRows};
+use crate::ops::{
+    dora_matmul, dora_matmul_quant, frozen_matmul, lora_matmul, lora_matmul_quant, quant_matmul,
+    row_scale, DoraRows,
+};
 use crate::quant::QuantWeight;
 use candle_core::{DType, Tensor};
 use std::sync::Arc;
@@ -154,35 +157,30 @@ impl Adapted<LinearBase> {
         }
     }
 
-    /// Whether the forward runs as one [`lora_matmul`] node: a dense frozen base, no dropout in
-    /// this call, and adapters in the activation dtype (else the composed path below, same
-    /// numerics).
+    /// Whether the forward runs as one [`lora_matmul`] node: a frozen base (dense, or quantized:
+    /// [`lora_matmul_quant`]), no dropout in this call, and adapters in the activation dtype
+    /// (else the composed path below, same numerics).
     fn fused(&self, ad: &Adapter, x: &Tensor, train: bool) -> bool {
-        !self.trainable_base
-            && !self.base_is_quantized()
-            && !ad.dropout_active(train)
-            && ad.dtype() == x.dtype()
+        !self.trainable_base && !ad.dropout_active(train) && ad.dtype() == x.dtype()
     }
 
     /// `x·W0ᵀ + s·(x·Aᵀ)·Bᵀ` in one node; for DoRA then scaled by `m / ‖W0 + s·B·A‖` per output
     /// (the norm detached, as PEFT).
     fn adapted_fused(&self, ad: &Adapter, x: &Tensor) -> candle_core::Result<Tensor> {
         let (a, b) = (ad.a.as_tensor(), ad.b.as_tensor());
-        let m = match (&ad.magnitude, ad.is_dora()) {
-            (Some(m), true) => m.as_tensor(),
+        let quant = self.quant.as_ref().filter(|_| self.base_is_quantized());
+        let m = match (&ad.magnitude, ad.is_dora(), quant) {
+            (Some(m), true, _) => m.as_tensor(),
+            (_, _, Some(q)) => return lora_matmul_quant(x, q, a, b, ad.scaling),
             _ => return lora_matmul(x, &self.weight, a, b, ad.scaling),
         };
         let norm = self.norm_of(ad)?;
         let scale = dora_scale(&m.detach(), &norm)?;
-        dora_matmul(
-            x,
-            &self.weight,
-            a,
-            b,
-            m,
-            ad.scaling,
-            DoraRows { norm, scale },
-        )
+        let rows = DoraRows { norm, scale };
+        match quant {
+            Some(q) => dora_matmul_quant(x, q, a, b, m, ad.scaling, rows),
+            None => dora_matmul(x, &self.weight, a, b, m, ad.scaling, rows),
+        }
     }
 
     /// The adapted output before the bias, given the base product `x·W0ᵀ`.

@@ -8,8 +8,12 @@
 //! `read_dst`), the low-rank intermediate `x·Aᵀ` (`[tokens, r]`) is recomputed in the backward
 //! rather than kept, and `dx = g·W0 + s·(g·B)·A` is again one buffer on CPU. Other devices and
 //! dtypes run the same arithmetic through candle's backend ops.
+//!
+//! The frozen base may be quantized ([`lora_matmul_quant`], [`dora_matmul_quant`]): it is then
+//! dequantized for the forward and again for the backward, one layer at a time, never kept.
 
 use super::gemm::gemm_into;
+use crate::quant::QuantWeight;
 use candle_core::backend::BackendStorage;
 use candle_core::op::{Add, Mul};
 use candle_core::{
@@ -17,13 +21,39 @@ use candle_core::{
     Tensor,
 };
 use rayon::prelude::*;
+use std::sync::Arc;
+
+/// The frozen base of a fused product: a dense tensor, or a quantized weight dequantized (to the
+/// activation dtype) on each use.
+#[derive(Clone, Debug)]
+enum Base {
+    Dense(Tensor),
+    Quant(Arc<QuantWeight>, DType),
+}
+
+impl Base {
+    /// The dense `[n, k]` weight for one use.
+    fn get(&self) -> candle_core::Result<Tensor> {
+        match self {
+            Base::Dense(t) => Ok(t.clone()),
+            Base::Quant(q, dt) => q.dequantize(*dt),
+        }
+    }
+
+    fn rows(&self) -> candle_core::Result<usize> {
+        match self {
+            Base::Dense(t) => Ok(t.dims2()?.0),
+            Base::Quant(q, _) => Ok(q.dims().0),
+        }
+    }
+}
 
 /// The forward op over `(x [m, k], A [r, k], B [n, r])` with the frozen `W0 [n, k]` and the
 /// scaling `s` held; for DoRA the third input is `[B | m]` (`[n, r + 1]`, the magnitude as its
 /// last column) and the call's detached norm and scale are held.
 #[derive(Clone, Debug)]
 pub struct LoraMatmul {
-    weight: Tensor,
+    weight: Base,
     scaling: f64,
     dora: Option<DoraRows>,
 }
@@ -215,7 +245,8 @@ impl LoraMatmul {
         b: (&S, &Layout),
         pick: impl Fn(&Storage) -> Option<&S>,
     ) -> candle_core::Result<(S, Shape)> {
-        let (w, wl) = self.weight.storage_and_layout();
+        let weight = self.weight.get()?;
+        let (w, wl) = weight.storage_and_layout();
         let w = pick(&w).ok_or_else(|| {
             candle_core::Error::Msg("lora_matmul: the base weight is on another device".into())
         })?;
@@ -248,7 +279,8 @@ impl CustomOp3 for LoraMatmul {
         b: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (w, wl) = self.weight.storage_and_layout();
+        let weight = self.weight.get()?;
+        let (w, wl) = weight.storage_and_layout();
         let Storage::Cpu(w) = &*w else {
             candle_core::bail!("lora_matmul: input on cpu, base weight on another device")
         };
@@ -256,7 +288,7 @@ impl CustomOp3 for LoraMatmul {
         let shape = Shape::from((d[0], d[3]));
         let b_rs = bl.stride()[0];
         let scale = match &self.dora {
-            Some(rows) => Some(rows.scale.to_dtype(self.weight.dtype())?),
+            Some(rows) => Some(rows.scale.to_dtype(weight.dtype())?),
             None => None,
         };
         macro_rules! fast {
@@ -329,6 +361,8 @@ impl CustomOp3 for LoraMatmul {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let need_dx = x.track_op();
         let (x, a, b3) = (x.detach(), a.detach(), b3.detach());
+        // Dequantized once for this backward (a quantized base), dropped at its end.
+        let weight = self.weight.get()?;
         let r = a.dim(0)?;
         let b = b3.narrow(1, 0, r)?;
         let s = self.scaling;
@@ -346,12 +380,12 @@ impl CustomOp3 for LoraMatmul {
             Some(gz.apply_op2_no_bwd(
                 &gb,
                 &LoraDx {
-                    weight: self.weight.clone(),
+                    weight: weight.clone(),
                     a: a.clone(),
                 },
             )?)
         } else {
-            Some((gz.matmul(&self.weight)? + gb.matmul(&a)?)?)
+            Some((gz.matmul(&weight)? + gb.matmul(&a)?)?)
         };
         // dA = (s·gz·B)ᵀ·x [r, k]; dB = gzᵀ·(s·x·Aᵀ) [n, r] (x·Aᵀ recomputed: m·k·r flops).
         let da = gb.t()?.matmul(&x)?;
@@ -363,7 +397,7 @@ impl CustomOp3 for LoraMatmul {
                 let m = b3.narrow(1, r, 1)?.squeeze(1)?;
                 let dm = magnitude_grad(&g, y, &m, d, || {
                     // z = x·W0ᵀ + s·(x·Aᵀ)·Bᵀ, recomputed only for a zero magnitude.
-                    x.matmul(&self.weight.t()?)? + xa.matmul(&b.t()?)?
+                    x.matmul(&weight.t()?)? + xa.matmul(&b.t()?)?
                 })?;
                 Tensor::cat(&[db, dm.unsqueeze(1)?], 1)?
             }
@@ -470,7 +504,40 @@ pub fn lora_matmul(
     b: &Tensor,
     scaling: f64,
 ) -> candle_core::Result<Tensor> {
-    apply(x, weight, a, b.contiguous()?, scaling, None)
+    apply(x, dense(weight)?, a, b.contiguous()?, scaling, None)
+}
+
+/// [`lora_matmul`] over a quantized frozen base `W0 [out, in]`, dequantized to `x`'s dtype for
+/// the forward and again for the backward (QLoRA), never kept.
+pub fn lora_matmul_quant(
+    x: &Tensor,
+    weight: &Arc<QuantWeight>,
+    a: &Tensor,
+    b: &Tensor,
+    scaling: f64,
+) -> candle_core::Result<Tensor> {
+    let base = Base::Quant(weight.clone(), x.dtype());
+    apply(x, base, a, b.contiguous()?, scaling, None)
+}
+
+/// [`dora_matmul`] over a quantized frozen base (QDoRA), as [`lora_matmul_quant`].
+pub fn dora_matmul_quant(
+    x: &Tensor,
+    weight: &Arc<QuantWeight>,
+    a: &Tensor,
+    b: &Tensor,
+    magnitude: &Tensor,
+    scaling: f64,
+    rows: DoraRows,
+) -> candle_core::Result<Tensor> {
+    let bm = Tensor::cat(&[b, &magnitude.unsqueeze(1)?], 1)?;
+    let base = Base::Quant(weight.clone(), x.dtype());
+    apply(x, base, a, bm, scaling, Some(rows))
+}
+
+/// A dense base, contiguous.
+fn dense(weight: &Tensor) -> candle_core::Result<Base> {
+    Ok(Base::Dense(weight.contiguous()?))
 }
 
 /// DoRA's `(m / n) ⊙ (x·W0ᵀ + s·(x·Aᵀ)·Bᵀ)` per output, with `n` (the detached weight norm) and
@@ -487,12 +554,12 @@ pub fn dora_matmul(
     rows: DoraRows,
 ) -> candle_core::Result<Tensor> {
     let bm = Tensor::cat(&[b, &magnitude.unsqueeze(1)?], 1)?;
-    apply(x, weight, a, bm, scaling, Some(rows))
+    apply(x, dense(weight)?, a, bm, scaling, Some(rows))
 }
 
 fn apply(
     x: &Tensor,
-    weight: &Tensor,
+    weight: Base,
     a: &Tensor,
     b3: Tensor,
     scaling: f64,
@@ -503,19 +570,22 @@ fn apply(
         candle_core::bail!("lora_matmul: input must have at least one axis")
     };
     let dt = x.dtype();
-    if weight.dtype() != dt || a.dtype() != dt || b3.dtype() != dt {
+    let wdt = match &weight {
+        Base::Dense(t) => t.dtype(),
+        Base::Quant(_, dt) => *dt,
+    };
+    if wdt != dt || a.dtype() != dt || b3.dtype() != dt {
         candle_core::bail!(
-            "lora_matmul: x {dt:?}, W0 {:?}, A {:?}, B {:?}: one dtype expected",
-            weight.dtype(),
+            "lora_matmul: x {dt:?}, W0 {wdt:?}, A {:?}, B {:?}: one dtype expected",
             a.dtype(),
             b3.dtype()
         )
     }
-    let (n, _) = weight.dims2()?;
+    let n = weight.rows()?;
     let m: usize = lead.iter().product();
     let x2 = x.reshape((m, k))?.contiguous()?;
     let op = LoraMatmul {
-        weight: weight.contiguous()?,
+        weight,
         scaling,
         dora,
     };

@@ -24,7 +24,9 @@ pub use frozen_matmul::{frozen_matmul, FrozenMatmul};
 pub use linear_cross_entropy::{
     linear_cross_entropy, linear_cross_entropy_chunked, CHUNK_ELEMS as CROSS_ENTROPY_CHUNK_ELEMS,
 };
-pub use lora_matmul::{dora_matmul, lora_matmul, DoraRows, LoraMatmul};
+pub use lora_matmul::{
+    dora_matmul, dora_matmul_quant, lora_matmul, lora_matmul_quant, DoraRows, LoraMatmul,
+};
 pub use norm::{layer_norm, rms_norm, LayerNormOp, RmsNormOp};
 pub use norm_bwd::{norm_dw, norm_dx, norm_dx_composed, NormBwd};
 pub use quant_matmul::{quant_matmul, QuantMatmul};

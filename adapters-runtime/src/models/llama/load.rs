@@ -145,6 +145,72 @@ pub fn random_weights(
         .collect()
 }
 
+/// A [`VarBuilder`] that makes each base tensor of `config`'s model when it is asked for, as
+/// [`random_weights`] would (N(0, 0.02) matrices, norm scales 1, biases 0) but seeded per tensor
+/// name, so no tensor exists before it is loaded: with [`Llama::load_with`] and a
+/// [`BaseQuant::Quantize`] the dense projections are quantized one at a time (benchmarks of
+/// quantized bases measure the quantized model, not a transient dense copy of all of it).
+pub fn random_var_builder(
+    config: &LlamaConfig,
+    dtype: DType,
+    device: &Device,
+    seed: u64,
+) -> VarBuilder<'static> {
+    let specs = LlamaLayout::new(config)
+        .tensors()
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    VarBuilder::from_backend(Box::new(RandomBackend { specs, seed }), dtype, device.clone())
+}
+
+/// The backend of [`random_var_builder`].
+struct RandomBackend {
+    specs: std::collections::HashMap<String, crate::hf::llama_layout::TensorSpec>,
+    seed: u64,
+}
+
+impl candle_nn::var_builder::SimpleBackend for RandomBackend {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        if t.shape() != &s {
+            candle_core::bail!("`{name}`: the layout's shape is {:?}, asked for {s:?}", t.shape())
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        use rand::SeedableRng;
+        use rand_distr::{Distribution, Normal};
+        let Some(spec) = self.specs.get(name) else {
+            candle_core::bail!("no tensor `{name}` in the model's layout")
+        };
+        let n: usize = spec.shape.iter().product();
+        let values: Vec<f32> = match spec.role {
+            TensorRole::NormScale => vec![1.0; n],
+            TensorRole::Bias => vec![0.0; n],
+            TensorRole::Matrix => {
+                let seed = crate::seed::mix_seed(self.seed, crate::seed::fnv1a(name));
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                let normal = Normal::new(0.0f32, 0.02).map_err(candle_core::Error::wrap)?;
+                (0..n).map(|_| normal.sample(&mut rng)).collect()
+            }
+        };
+        Tensor::from_vec(values, spec.shape.clone(), dev)?.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.specs.contains_key(name)
+    }
+}
+
 /// A randomly initialised, fully trainable model ([`random_weights`]); its variables are in the
 /// returned [`VarMap`].
 pub fn init_random(

@@ -10,7 +10,8 @@ mod rope;
 pub use crate::hf::llama_config::{LlamaConfig, RopeParameters};
 pub use crate::nn::RmsNorm;
 pub use load::{
-    init_random, load_model, load_pretrained, load_pretrained_with, random_weights, LoadedLlama,
+    init_random, load_model, load_pretrained, load_pretrained_with, random_var_builder,
+    random_weights, LoadedLlama,
 };
 pub use load_gguf::load_gguf;
 pub use model::{Attention, BaseMode, BaseQuant, Block, Llama, LmHead, Mlp};
