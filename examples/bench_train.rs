@@ -225,20 +225,19 @@ fn run(args: Args) -> Res<()> {
         return Ok(());
     }
 
-    let quant = match &args.quant {
-        Some(q) => Some(
-            QuantFormat::parse(q)
-                .ok_or_else(|| format!("--quant `{q}`: expected one of {}", QuantFormat::names()))?,
-        ),
-        None => None,
-    };
+    let quant =
+        match &args.quant {
+            Some(q) => Some(QuantFormat::parse(q).ok_or_else(|| {
+                format!("--quant `{q}`: expected one of {}", QuantFormat::names())
+            })?),
+            None => None,
+        };
     // The frozen base: random weights, as HF initialises a Llama.
     let mut model = match quant {
         None => {
-            let weights: HashMap<String, Tensor> =
-                random_weights(&cfg, dtype, &device, args.seed)?
-                    .into_iter()
-                    .collect();
+            let weights: HashMap<String, Tensor> = random_weights(&cfg, dtype, &device, args.seed)?
+                .into_iter()
+                .collect();
             let vb = VarBuilder::from_tensors(weights, dtype, &device);
             Llama::load(&cfg, vb, BaseMode::Frozen)?
         }

@@ -157,3 +157,52 @@ fn merge_gguf_to_gguf_with_quant() {
     assert!(text(&o.stderr).contains("q4_0"), "{}", text(&o.stderr));
     let _ = std::fs::remove_dir_all(tmp);
 }
+
+/// A GGUF merged to an HF folder is a complete HF model: config.json from the metadata, the
+/// weights, and the file's tokenizer as tokenizer.json (giving transformers' ids, as recorded by
+/// the fixture script) and tokenizer_config.json.
+#[test]
+fn merge_gguf_to_an_hf_folder_carries_the_tokenizer() {
+    let tmp = scratch("folder");
+    let base = fixtures().join("gguf/tiny_llama_q8_0.gguf");
+    let adapter = fixtures().join("peft/tiny_llama_dora/adapter");
+    let out = tmp.join("merged");
+    let o = adapters(&[
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let report = text(&o.stdout);
+    assert!(
+        report.contains("tokenizer.json (from the GGUF metadata)"),
+        "{report}"
+    );
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let tok = adapters_runtime::train::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+    let ids = tok
+        .hf()
+        .unwrap()
+        .encode("hello there, in the winter!", true)
+        .unwrap();
+    assert_eq!(
+        ids.get_ids(),
+        [1, 92, 76, 76, 79, 93, 82, 69, 15, 3, 94, 93, 3, 87, 94, 84, 95, 4]
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["bos_token"], "<s>", "{cfg}");
+    let _ = std::fs::remove_dir_all(tmp);
+}

@@ -112,15 +112,8 @@ impl Tokenizer {
     /// then [`Tokenizer::from_gguf_metadata`].
     pub fn from_gguf_file(path: impl AsRef<Path>) -> Result<Tokenizer> {
         let path = path.as_ref();
-        let mut file = std::fs::File::open(path)
-            .map_err(|e| AdapterError::io("reading GGUF tokenizer", path, e))?;
-        let content = candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|e| {
-            AdapterError::Tokenizer {
-                source_name: path.display().to_string(),
-                reason: format!("not a valid GGUF file: {e}"),
-            }
-        })?;
-        Self::from_gguf_metadata(&content.metadata, path)
+        let file = crate::gguf::GgufFile::open(path)?;
+        Self::from_gguf_metadata(file.metadata(), path)
     }
 }
 

@@ -161,7 +161,11 @@ pub fn random_var_builder(
         .into_iter()
         .map(|s| (s.name.clone(), s))
         .collect();
-    VarBuilder::from_backend(Box::new(RandomBackend { specs, seed }), dtype, device.clone())
+    VarBuilder::from_backend(
+        Box::new(RandomBackend { specs, seed }),
+        dtype,
+        device.clone(),
+    )
 }
 
 /// The backend of [`random_var_builder`].
@@ -181,7 +185,10 @@ impl candle_nn::var_builder::SimpleBackend for RandomBackend {
     ) -> candle_core::Result<Tensor> {
         let t = self.get_unchecked(name, dtype, dev)?;
         if t.shape() != &s {
-            candle_core::bail!("`{name}`: the layout's shape is {:?}, asked for {s:?}", t.shape())
+            candle_core::bail!(
+                "`{name}`: the layout's shape is {:?}, asked for {s:?}",
+                t.shape()
+            )
         }
         Ok(t)
     }
