@@ -22,11 +22,11 @@ mod bench;
 
 use adapters_runtime::candle_core::{DType, Tensor};
 use adapters_runtime::candle_nn::{VarBuilder, VarMap};
-use adapters_runtime::estimate::{BaseDType, QuantFormat};
+use adapters_runtime::estimate::BaseDType;
 use adapters_runtime::models::llama::{
     random_var_builder, random_weights, BaseMode, BaseQuant, Llama, LlamaConfig,
 };
-use adapters_runtime::train::memory::estimate_training_quantized;
+use adapters_runtime::train::memory::{estimate_training_quantized, parse_quant};
 use adapters_runtime::train::{
     llama_loss, BatchLoader, EstimateRequest, LrSchedule, Sequence, TrainConfig, Trainer,
 };
@@ -225,13 +225,7 @@ fn run(args: Args) -> Res<()> {
         return Ok(());
     }
 
-    let quant =
-        match &args.quant {
-            Some(q) => Some(QuantFormat::parse(q).ok_or_else(|| {
-                format!("--quant `{q}`: expected one of {}", QuantFormat::names())
-            })?),
-            None => None,
-        };
+    let quant = args.quant.as_deref().map(parse_quant).transpose()?;
     // The frozen base: random weights, as HF initialises a Llama.
     let mut model = match quant {
         None => {

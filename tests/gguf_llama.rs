@@ -9,11 +9,11 @@ use adapters_runtime::candle_nn::VarMap;
 use adapters_runtime::gguf::{inspect_gguf, GgufFile};
 use adapters_runtime::hf::model_folder::save_model_folder;
 use adapters_runtime::models::llama::{load_gguf, load_model, load_pretrained, BaseMode, Llama};
-use adapters_runtime::train::{llama_loss, AdamW, AdamWConfig, Batch, Grads};
+use adapters_runtime::train::Batch;
 use adapters_runtime::{
     load_adapter, merge_checkpoint, save_adapter, Adapters, LoadOptions, MergeOptions, SaveOptions,
 };
-use common::{assert_close, fixtures_root, rel_err};
+use common::{assert_close, fixtures_root, rel_err, train_four_steps};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -157,33 +157,7 @@ fn train(file: &str) -> Llama {
     let mut m = load(file);
     let varmap = VarMap::new();
     m.attach_adapters(&varmap, 9).unwrap();
-    let vars = m.named_trainable_vars().unwrap();
-    let b = train_batch();
-    let params = vars.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
-    let mut opt = AdamW::new(params, AdamWConfig::default()).unwrap();
-    let mut losses = Vec::new();
-    for step in 1..=4 {
-        let loss = llama_loss(&m, &b).unwrap();
-        losses.push(loss.to_scalar::<f32>().unwrap());
-        let grads = loss.backward().unwrap();
-        m.check_gradients(&grads).unwrap();
-        if step == 2 {
-            for (name, v) in &vars {
-                let g = grads.get(v.as_tensor()).unwrap();
-                let n = g
-                    .sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(n > 0.0, "{file} {name}: zero gradient at step 2");
-            }
-        }
-        let g = Grads::from_store(&vars, &grads).unwrap();
-        opt.step(&g, 2e-2).unwrap();
-    }
-    assert!(losses[3] < losses[0], "{file}: the loss falls: {losses:?}");
+    train_four_steps(&m, &train_batch(), 2e-2, file);
     m
 }
 
@@ -334,6 +308,10 @@ fn hostile_gguf_files_are_errors() {
     let mut huge_meta = good.clone();
     huge_meta[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
     cases.push(("huge metadata count", huge_meta));
+    // Found by the `gguf_file` fuzz target: a tensor with a zero dimension (candle read it
+    // through a dangling, misaligned pointer: undefined behaviour, a panic with debug assertions).
+    let empty = std::fs::read(fixtures_root().join("fuzz/gguf_empty_tensor.gguf")).unwrap();
+    cases.push(("empty tensor", empty));
     let mut bad_version = good.clone();
     bad_version[4..8].copy_from_slice(&99u32.to_le_bytes());
     cases.push(("version 99", bad_version));
@@ -360,5 +338,114 @@ fn hostile_gguf_files_are_errors() {
         }
     }
     assert!(errors >= 7);
+    let _ = std::fs::remove_dir_all(tmp);
+}
+
+/// Rewrites the Q8_0 fixture with `edit` applied to its (name, tensor) list and metadata.
+fn rewritten(
+    tmp: &Path,
+    name: &str,
+    edit: impl FnOnce(
+        &mut Vec<(String, adapters_runtime::candle_core::quantized::QTensor)>,
+        &mut Vec<(
+            String,
+            adapters_runtime::candle_core::quantized::gguf_file::Value,
+        )>,
+    ),
+) -> PathBuf {
+    let mut f = GgufFile::open(&dir().join("tiny_llama_q8_0.gguf")).unwrap();
+    let mut tensors: Vec<_> = f
+        .tensor_names()
+        .into_iter()
+        .map(|n| {
+            let t = f.tensor(&n, &Device::Cpu).unwrap();
+            (n, t)
+        })
+        .collect();
+    let mut meta: Vec<_> = f
+        .metadata()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    meta.sort_by(|a, b| a.0.cmp(&b.0));
+    edit(&mut tensors, &mut meta);
+    let p = tmp.join(name);
+    let mut w = std::fs::File::create(&p).unwrap();
+    let m: Vec<(&str, &_)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t: Vec<(&str, &_)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    adapters_runtime::candle_core::quantized::gguf_file::write(&mut w, &m, &t).unwrap();
+    p
+}
+
+/// Files whose header parses but whose content does not fit the model: a zero or other
+/// non-power-of-two alignment in any integer type candle reads (candle divided by it), an extra
+/// layer, a tensor spelled twice (`blk.01` and `blk.1`), a missing tensor — each a typed error.
+#[test]
+fn inconsistent_gguf_files_are_errors() {
+    use adapters_runtime::candle_core::quantized::gguf_file::Value;
+    let tmp = scratch("inconsistent");
+    let mut cases = Vec::new();
+    for (i, v) in [
+        Value::U8(0),
+        Value::U16(0),
+        Value::I32(0),
+        Value::U32(0),
+        Value::U8(3),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        cases.push((
+            "alignment",
+            rewritten(&tmp, &format!("align{i}.gguf"), |_, m| {
+                m.push(("general.alignment\0".into(), v));
+            }),
+        ));
+    }
+    cases.push((
+        "not part of the model",
+        rewritten(&tmp, "extra.gguf", |t, _| {
+            let norm = t
+                .iter()
+                .position(|(n, _)| n == "blk.1.attn_norm.weight")
+                .unwrap();
+            let data = t[norm].1.dequantize(&Device::Cpu).unwrap();
+            let q = adapters_runtime::candle_core::quantized::QTensor::quantize(
+                &data,
+                adapters_runtime::candle_core::quantized::GgmlDType::F32,
+            )
+            .unwrap();
+            t.push(("blk.7.attn_norm.weight".into(), q));
+        }),
+    ));
+    cases.push((
+        "not part of a Llama model",
+        rewritten(&tmp, "twice.gguf", |t, _| {
+            for (n, _) in t.iter_mut() {
+                if n == "blk.1.ffn_up.weight" {
+                    *n = "blk.01.ffn_up.weight".into();
+                }
+            }
+        }),
+    ));
+    cases.push((
+        "ffn_down",
+        rewritten(&tmp, "missing.gguf", |t, _| {
+            t.retain(|(n, _)| n != "blk.1.ffn_down.weight");
+        }),
+    ));
+    for (want, path) in cases {
+        let err = match load_gguf(&path, DType::F32, &Device::Cpu) {
+            Ok(_) => panic!("{} loaded", path.display()),
+            Err(e) => e.to_string(),
+        };
+        let want = if want == "ffn_down" {
+            "down_proj"
+        } else {
+            want
+        };
+        assert!(err.contains(want), "{}: {err}", path.display());
+        assert!(err.contains(&path.display().to_string()), "{err}");
+    }
     let _ = std::fs::remove_dir_all(tmp);
 }

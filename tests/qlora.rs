@@ -10,9 +10,11 @@ use adapters_runtime::candle_nn::VarMap;
 use adapters_runtime::estimate::{quant_weight_bytes, QuantFormat};
 use adapters_runtime::models::llama::{load_model, load_pretrained, BaseMode};
 use adapters_runtime::quant::QuantWeight;
-use adapters_runtime::train::{llama_loss, AdamW, AdamWConfig, Batch, Grads};
+use adapters_runtime::train::Batch;
 use adapters_runtime::{AdaptedLinear, AdapterConfig, Adapters, Init, Method};
-use common::{assert_close, fixture_dir, load, rand_tensor, rel_err, test_device};
+use common::{
+    assert_close, fixture_dir, load, rand_tensor, rel_err, test_device, train_four_steps,
+};
 use std::sync::Arc;
 
 const FORMATS: [QuantFormat; 6] = [
@@ -230,7 +232,7 @@ fn unstorable_shapes_are_errors() {
     assert_eq!(rel_err(&b, &a.index_select(&idx, 0).unwrap()), 0.0);
     assert!(q.permute_rows("x", &[0, 0, 1, 2]).is_err());
     // GGML storage is exactly candle's.
-    let QuantWeight::Ggml(t) = &q else { panic!() };
+    let t = q.as_qtensor().unwrap();
     assert_eq!(t.storage_size_in_bytes(), q.storage_bytes());
     let _: &QTensor = t;
 }
@@ -278,36 +280,94 @@ fn qdora_trains_every_adapter_tensor_of_the_llama() {
         m.attach_adapters(&varmap, 5).unwrap();
         let vars = m.named_trainable_vars().unwrap();
         assert_eq!(vars.len(), 3 * 15);
-        let params = vars.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
-        let mut opt = AdamW::new(params, AdamWConfig::default()).unwrap();
-        let mut losses = Vec::new();
-        for step in 1..=4 {
-            let loss = llama_loss(&m, &b).unwrap();
-            losses.push(loss.to_scalar::<f32>().unwrap());
-            let grads = loss.backward().unwrap();
-            m.check_gradients(&grads).unwrap();
-            if step == 2 {
-                for (name, v) in &vars {
-                    let n = grads
-                        .get(v.as_tensor())
-                        .unwrap()
-                        .sqr()
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
-                    assert!(n > 0.0, "{format:?} {name}: zero gradient at step 2");
-                }
-            }
-            let g = Grads::from_store(&vars, &grads).unwrap();
-            opt.step(&g, 1e-2).unwrap();
-        }
-        assert!(
-            losses[3] < losses[0],
-            "{format:?}: the loss falls: {losses:?}"
-        );
+        train_four_steps(&m, &b, 1e-2, &format!("{format:?}"));
         // Adapters and their optimizer state stay f32.
         assert!(vars.iter().all(|(_, v)| v.dtype() == DType::F32));
     }
+}
+
+/// A partly adapted quantized model exports every weight (`base_tensors(true)`, what `finetune`
+/// writes as `merged/`): the bare quantized projections dequantized, not their placeholders.
+#[test]
+fn merged_export_of_a_partly_adapted_quantized_model() {
+    let dir = fixture_dir("tiny_llama_dora").join("model");
+    let mut m = load_model(&dir, DType::F32, &device(), Some(QuantFormat::Q8_0))
+        .unwrap()
+        .model;
+    let varmap = VarMap::new();
+    let c = cfg(Method::Dora);
+    m.attach_adapters_with(&varmap, 3, &mut |path, _| {
+        (path.ends_with("q_proj") || path.ends_with("v_proj")).then_some(c)
+    })
+    .unwrap();
+    let plain = m.base_tensors(false).unwrap();
+    let merged = m.base_tensors(true).unwrap();
+    let mut bare = 0;
+    for ((name, p), (_, q)) in plain.iter().zip(&merged) {
+        let norm = q
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(norm > 0.0, "{name} exported as zeros");
+        if name.contains("k_proj") || name.contains("mlp") {
+            // Not adapted: exported as the dequantized base.
+            assert_eq!(rel_err(p, q), 0.0, "{name}");
+            bare += 1;
+        }
+    }
+    assert_eq!(bare, 2 * 4);
+}
+
+/// A bf16 model over a quantized base: the DoRA norm and the forward use the same bf16-rounded
+/// `W0` as a dense bf16 layer over the dequantized weight (equal norms; outputs within bf16
+/// rounding of the product order).
+#[test]
+fn bf16_compute_uses_the_rounded_base() {
+    let (out, inp) = (48, 256);
+    let (q, deq) = quantized(QuantFormat::Nf4, out, inp, 41);
+    let deq16 = deq.to_dtype(DType::BF16).unwrap();
+    let (a, b, m) = adapter_weights(out, inp, 42);
+    let mut ql = AdaptedLinear::new_quantized(q, None, DType::BF16)
+        .unwrap()
+        .with_path("test.proj");
+    let mut dl = AdaptedLinear::new(deq16, None).with_path("test.proj");
+    ql.attach_weights(cfg(Method::Dora), &a, &b, Some(&m))
+        .unwrap();
+    dl.attach_weights(cfg(Method::Dora), &a, &b, Some(&m))
+        .unwrap();
+    assert_eq!(
+        rel_err(&ql.weight_norm().unwrap(), &dl.weight_norm().unwrap()),
+        0.0
+    );
+    let x = rand_tensor(3, &[4, inp], 1.0, DType::BF16);
+    let (yq, yd) = (ql.forward(&x).unwrap(), dl.forward(&x).unwrap());
+    assert_eq!(yq.dtype(), DType::BF16);
+    assert_close("bf16 QDoRA forward", &yq, &yd, 1e-2);
+    assert_close(
+        "bf16 merged weight",
+        &ql.merged_weight_tensor().unwrap(),
+        &dl.merged_weight_tensor().unwrap(),
+        1e-2,
+    );
+}
+
+/// A trainable (fully trained) base is never quantized: asking for both is an error.
+#[test]
+fn a_trainable_base_is_not_quantized() {
+    use adapters_runtime::models::llama::{load_pretrained_with, BaseQuant};
+    let dir = fixture_dir("tiny_llama_dora").join("model");
+    let err = load_pretrained_with(
+        &dir,
+        DType::F32,
+        &device(),
+        BaseMode::Trainable,
+        &BaseQuant::Quantize(QuantFormat::Nf4),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("cannot be quantized"), "{err}");
 }

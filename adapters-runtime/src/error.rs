@@ -187,7 +187,7 @@ pub enum AdapterError {
         source: safetensors::SafeTensorError,
     },
     /// A weight cannot be stored in (or read from) a quantized format.
-    #[error("layer `{layer}`: cannot store its [{rows}, {cols}] weight as {format}: {reason}")]
+    #[error("layer `{layer}`: its [{rows}, {cols}] weight in {format}: {reason}")]
     Quant {
         /// The layer (or tensor) path.
         layer: String,

@@ -1,25 +1,10 @@
 //! The built `adapters` binary: `inspect`, `merge` and `estimate` on the workspace's PEFT fixtures,
 //! and a failing run's exit status and message.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod cli_support;
 
-fn fixture(case: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/peft")
-        .join(case)
-}
-
-fn adapters(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_adapters"))
-        .args(args)
-        .output()
-        .expect("running adapters")
-}
-
-fn text(o: &[u8]) -> String {
-    String::from_utf8_lossy(o).into_owned()
-}
+use cli_support::{adapters, fixture, text};
+use std::process::Command;
 
 #[test]
 fn inspect_prints_the_table() {

@@ -1,30 +1,26 @@
 //! The built `adapters` binary on GGUF files: `inspect FILE.gguf`, and `merge --base FILE.gguf`
 //! to HF (equal to PEFT's `merge_and_unload` over the same weights) and to GGUF (`--quant`).
 
+mod cli_support;
+
+use cli_support::{adapters, fixtures, scratch, text};
 use safetensors::SafeTensors;
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
-fn adapters(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_adapters"))
-        .args(args)
-        .output()
-        .expect("running adapters")
-}
-
-fn text(o: &[u8]) -> String {
-    String::from_utf8_lossy(o).into_owned()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("adapters-cli-gguf-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// `adapters merge --base BASE --adapter (the PEFT fixture) --out OUT` plus `extra`.
+fn merge(base: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let adapter = fixtures().join("peft/tiny_llama_dora/adapter");
+    let mut args = vec![
+        "merge".to_string(),
+        "--base".into(),
+        base.display().to_string(),
+        "--adapter".into(),
+        adapter.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    adapters(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn f32s(st: &SafeTensors, key: &str) -> Vec<f32> {
@@ -62,17 +58,8 @@ fn inspect_a_gguf_file() {
 fn merge_gguf_to_hf_equals_peft() {
     let tmp = scratch("hf");
     let base = fixtures().join("gguf/tiny_llama_f32.gguf");
-    let adapter = fixtures().join("peft/tiny_llama_dora/adapter");
     let out = tmp.join("merged.safetensors");
-    let o = adapters(&[
-        "merge",
-        "--base",
-        base.to_str().unwrap(),
-        "--adapter",
-        adapter.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = merge(&base, &out, &[]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(
         text(&o.stdout).contains("merged 14 weight(s)"),
@@ -114,23 +101,8 @@ fn merge_gguf_to_hf_equals_peft() {
 fn merge_gguf_to_gguf_with_quant() {
     let tmp = scratch("gguf");
     let base = fixtures().join("gguf/tiny_llama_q8_0.gguf");
-    let adapter = fixtures().join("peft/tiny_llama_dora/adapter");
     let out = tmp.join("merged.gguf");
-    let args = |out: &PathBuf, base: &PathBuf| {
-        vec![
-            "merge".to_string(),
-            "--base".into(),
-            base.display().to_string(),
-            "--adapter".into(),
-            adapter.display().to_string(),
-            "--out".into(),
-            out.display().to_string(),
-            "--quant".into(),
-            "q4_0".into(),
-        ]
-    };
-    let run = |a: Vec<String>| adapters(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    let o = run(args(&out, &base));
+    let o = merge(&base, &out, &["--quant", "q4_0"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let o = adapters(&["inspect", out.to_str().unwrap()]);
     let listing = text(&o.stdout);
@@ -140,19 +112,17 @@ fn merge_gguf_to_gguf_with_quant() {
     );
     // Exists now: refused without --force, and the file is unchanged.
     let before = std::fs::read(&out).unwrap();
-    let o = run(args(&out, &base));
+    let o = merge(&base, &out, &["--quant", "q4_0"]);
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("--force"), "{}", text(&o.stderr));
     assert_eq!(std::fs::read(&out).unwrap(), before);
     // --quant with an HF base.
     let hf = fixtures().join("peft/tiny_llama_dora/model");
-    let o = run(args(&tmp.join("x"), &hf));
+    let o = merge(&hf, &tmp.join("x"), &["--quant", "q4_0"]);
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("--quant"), "{}", text(&o.stderr));
     // An unknown format.
-    let mut a = args(&tmp.join("y.gguf"), &base);
-    *a.last_mut().unwrap() = "q7".into();
-    let o = run(a);
+    let o = merge(&base, &tmp.join("y.gguf"), &["--quant", "q7"]);
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("q4_0"), "{}", text(&o.stderr));
     let _ = std::fs::remove_dir_all(tmp);
@@ -165,17 +135,8 @@ fn merge_gguf_to_gguf_with_quant() {
 fn merge_gguf_to_an_hf_folder_carries_the_tokenizer() {
     let tmp = scratch("folder");
     let base = fixtures().join("gguf/tiny_llama_q8_0.gguf");
-    let adapter = fixtures().join("peft/tiny_llama_dora/adapter");
     let out = tmp.join("merged");
-    let o = adapters(&[
-        "merge",
-        "--base",
-        base.to_str().unwrap(),
-        "--adapter",
-        adapter.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = merge(&base, &out, &[]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let report = text(&o.stdout);
     assert!(
@@ -204,5 +165,18 @@ fn merge_gguf_to_an_hf_folder_carries_the_tokenizer() {
         serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap())
             .unwrap();
     assert_eq!(cfg["bos_token"], "<s>", "{cfg}");
+    // θ under both spellings (transformers 4 reads `rope_theta`, 5 `rope_parameters`).
+    let model: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(model["rope_theta"], 10000.0, "{model}");
+    assert_eq!(model["rope_parameters"]["rope_theta"], 10000.0, "{model}");
+    // --force replaces what the merge writes and keeps the folder's other files.
+    std::fs::write(out.join("NOTES.md"), "mine").unwrap();
+    let o = merge(&base, &out, &["--force"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(out.join("NOTES.md")).unwrap(),
+        "mine"
+    );
     let _ = std::fs::remove_dir_all(tmp);
 }

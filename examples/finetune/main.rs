@@ -23,7 +23,7 @@ use adapters_runtime::candle_nn::VarMap;
 use adapters_runtime::estimate::{human_bytes, BaseDType, QuantFormat};
 use adapters_runtime::hf::save_model_folder;
 use adapters_runtime::models::llama::{load_model, Llama};
-use adapters_runtime::train::memory::estimate_training_quantized;
+use adapters_runtime::train::memory::{estimate_training_quantized, parse_quant};
 use adapters_runtime::train::{
     llama_loss, load_jsonl, prepare, split_train_eval, BatchLoader, EstimateRequest, Example,
     LrSchedule, PackMode, PackOptions, Tokenizer, TrainConfig, Trainer,
@@ -154,13 +154,7 @@ fn run(args: Args) -> Res<()> {
     let device = adapters_runtime::device(&args.device)?;
     let base_dtype = BaseDType::parse(&args.dtype)
         .ok_or_else(|| format!("--dtype `{}`: expected f32, bf16 or f16", args.dtype))?;
-    let quant =
-        match &args.quant {
-            Some(q) => Some(QuantFormat::parse(q).ok_or_else(|| {
-                format!("--quant `{q}`: expected one of {}", QuantFormat::names())
-            })?),
-            None => None,
-        };
+    let quant = args.quant.as_deref().map(parse_quant).transpose()?;
     std::fs::create_dir_all(&args.out)
         .map_err(|e| AdapterError::io("creating the output folder", &args.out, e))?;
     let gguf_base = args
@@ -264,7 +258,17 @@ fn run(args: Args) -> Res<()> {
             targets.matches(path).then_some(config)
         })
         .map_err(|e| format!("--targets `{}`: {e}", args.targets))?;
-    report_counts(&model, &args, base_dtype, quant)?;
+    // The estimate's storage format: --quant, or the GGUF's when all its projections share one.
+    let mut formats = std::collections::BTreeSet::new();
+    model.for_each_layer(&mut |_, l| {
+        formats.extend(l.quant_format().map(|f| f.name()));
+    })?;
+    let est_quant = match (quant, formats.len()) {
+        (Some(q), _) => Some(q),
+        (None, 1) => formats.first().and_then(|f| QuantFormat::parse(f)),
+        _ => None,
+    };
+    report_counts(&model, &args, base_dtype, est_quant)?;
 
     let before = evaluate::score(&model, &tok, &eval_ex, &eval_batches, &device)?;
     print_scores("before fine-tuning", &before);

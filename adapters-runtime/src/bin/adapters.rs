@@ -2,7 +2,7 @@
 //! GGUF), estimate training memory.
 
 use adapters_runtime::estimate::{BaseDType, Method};
-use adapters_runtime::gguf::{inspect_gguf, is_gguf_path, GgufFile};
+use adapters_runtime::gguf::{inspect_gguf, is_gguf_path};
 use adapters_runtime::hf::LlamaConfig;
 use adapters_runtime::peft::{inspect_adapter, merge_checkpoint, merge_gguf, MergeOptions};
 use adapters_runtime::train::memory::{estimate_training_quantized, parse_quant};
@@ -82,9 +82,10 @@ enum Command {
         /// Sequence length, for the attention scores (0 leaves them out).
         #[arg(long, default_value_t = 0)]
         seq_len: usize,
-        /// Store the adapted linear weights quantized (QLoRA): nf4, q4_0, q4_1, q5_0, q5_1,
-        /// q8_0, q2k, q3k, q4k, q5k, q6k or q8k (also llama.cpp's Q4_K). Embeddings, norms,
-        /// biases and projections not adapted stay in --dtype.
+        /// Store every decoder projection's weight quantized, adapted or not (QLoRA, as
+        /// `finetune --quant` loads it): nf4, q4_0, q4_1, q5_0, q5_1, q8_0, q2k, q3k, q4k, q5k,
+        /// q6k or q8k (also llama.cpp's Q4_K). Embeddings, norms, biases and the head stay in
+        /// --dtype.
         #[arg(long, value_name = "FORMAT")]
         quant: Option<String>,
     },
@@ -137,10 +138,6 @@ fn run(cli: Cli) -> adapters_runtime::Result<String> {
                 }
                 None => merge_checkpoint(&base, &adapter, &out, &options)?,
             };
-            let mut r = r;
-            if is_gguf_path(&base) && r.output.is_dir() {
-                r.copied.extend(write_gguf_tokenizer(&base, &r.output)?);
-            }
             report = format!(
                 "merged {} weight(s), passed {} tensor(s) through, wrote {} weights file(s) to {}\n",
                 r.merged.len(),
@@ -189,37 +186,6 @@ fn run(cli: Cli) -> adapters_runtime::Result<String> {
         }
     }
     Ok(report)
-}
-
-/// For an HF folder merged from a GGUF file: the file's tokenizer as `tokenizer.json` and
-/// `tokenizer_config.json` (as transformers builds them from the metadata), written atomically;
-/// nothing when the file has no tokenizer. Returns the names written.
-fn write_gguf_tokenizer(
-    base: &std::path::Path,
-    out: &std::path::Path,
-) -> adapters_runtime::Result<Vec<String>> {
-    use adapters_runtime::io::atomic::write_file_atomic;
-    let file = GgufFile::open(base)?;
-    if file.get("tokenizer.ggml.model").is_none() {
-        return Ok(Vec::new());
-    }
-    let t = adapters_runtime::train::gguf_tokenizer_json(file.metadata(), base)?;
-    let mut written = Vec::new();
-    for (name, json) in [
-        ("tokenizer.json", &t.tokenizer_json),
-        ("tokenizer_config.json", &t.config),
-    ] {
-        let path = out.join(name);
-        let bytes = serde_json::to_vec_pretty(json).map_err(|source| {
-            adapters_runtime::AdapterError::Json {
-                path: path.clone(),
-                source,
-            }
-        })?;
-        write_file_atomic(&path, &bytes)?;
-        written.push(format!("{name} (from the GGUF metadata)"));
-    }
-    Ok(written)
 }
 
 /// Writes the command's report to stdout. A closed pipe (`adapters inspect … | head`) ends the

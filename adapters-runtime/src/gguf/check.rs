@@ -14,6 +14,8 @@ const MAX_ARRAY_DEPTH: usize = 4;
 const MAX_DIMS: u32 = 4;
 /// The default data alignment.
 const DEFAULT_ALIGNMENT: u64 = 32;
+/// Most items of one metadata array (real vocabularies and merge lists hold ~10⁵–10⁶).
+const MAX_ARRAY_ITEMS: u64 = 1 << 24;
 
 /// The summary of a header that passed the checks.
 #[derive(Clone, Debug)]
@@ -120,13 +122,27 @@ impl<R: Read> Walker<R> {
         }
     }
 
-    fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<Option<u64>> {
-        if let Some(n) = Self::fixed_size(ty) {
-            if ty == 4 && key == "general.alignment" {
-                return Ok(Some(u64::from(self.u32(key)?)));
+    /// The value of `general.alignment` as candle reads it: an 8/16/32-bit integer (a negative
+    /// one, or another type, leaves the default).
+    fn alignment(&mut self, ty: u32, key: &str) -> Result<Option<u64>> {
+        let v = match ty {
+            0 => Some(u64::from(self.bytes::<1>(key)?[0])),
+            1 => u64::try_from(i8::from_le_bytes(self.bytes::<1>(key)?)).ok(),
+            2 => Some(u64::from(u16::from_le_bytes(self.bytes::<2>(key)?))),
+            3 => u64::try_from(i16::from_le_bytes(self.bytes::<2>(key)?)).ok(),
+            4 => Some(u64::from(self.u32(key)?)),
+            5 => u64::try_from(i32::from_le_bytes(self.bytes::<4>(key)?)).ok(),
+            _ => {
+                self.value(ty, key, 0)?;
+                None
             }
-            self.skip(n, key)?;
-            return Ok(None);
+        };
+        Ok(Some(v.unwrap_or(DEFAULT_ALIGNMENT)))
+    }
+
+    fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<()> {
+        if let Some(n) = Self::fixed_size(ty) {
+            return self.skip(n, key);
         }
         match ty {
             8 => {
@@ -157,6 +173,12 @@ impl<R: Read> Walker<R> {
                         self.remaining()
                     )));
                 }
+                // Parsed, each item takes ~32 bytes however small on disk: bound the count.
+                if n > MAX_ARRAY_ITEMS {
+                    return Err(self.err(format!(
+                        "`{key}`: an array of {n} items, expected at most {MAX_ARRAY_ITEMS}"
+                    )));
+                }
                 match Self::fixed_size(item) {
                     Some(s) => self.skip(n * s, key)?,
                     None => {
@@ -172,33 +194,37 @@ impl<R: Read> Walker<R> {
                 )))
             }
         }
-        Ok(None)
+        Ok(())
     }
 }
 
-/// `(block elements, block bytes)` of a GGML type id candle reads; `None` for others.
+/// `(block elements, block bytes)` of a GGML type id (GGUF's numbering) candle reads, the sizes
+/// from candle; `None` for the types it does not read.
 fn ggml_block(ty: u32) -> Option<(u64, u64)> {
-    Some(match ty {
-        0 => (1, 4),
-        1 | 30 => (1, 2),
-        2 => (32, 18),
-        3 => (32, 20),
-        6 => (32, 22),
-        7 => (32, 24),
-        8 => (32, 34),
-        9 => (32, 36),
-        10 => (256, 84),
-        11 => (256, 110),
-        12 => (256, 144),
-        13 => (256, 176),
-        14 => (256, 210),
-        15 => (256, 292),
+    use candle_core::quantized::GgmlDType as T;
+    let dt = match ty {
+        0 => T::F32,
+        1 => T::F16,
+        2 => T::Q4_0,
+        3 => T::Q4_1,
+        6 => T::Q5_0,
+        7 => T::Q5_1,
+        8 => T::Q8_0,
+        9 => T::Q8_1,
+        10 => T::Q2K,
+        11 => T::Q3K,
+        12 => T::Q4K,
+        13 => T::Q5K,
+        14 => T::Q6K,
+        15 => T::Q8K,
+        30 => T::BF16,
         _ => return None,
-    })
+    };
+    Some((dt.block_size() as u64, dt.type_size() as u64))
 }
 
 /// Checks the header of the GGUF file at `path`: magic, version 2 or 3, every string, array and
-/// count within the file, at most 4 dimensions per tensor with a checked element count, a type
+/// count within the file, 1 to 4 non-zero dimensions per tensor with a checked element count, a type
 /// candle reads, whole blocks along the first dimension, and every tensor's bytes inside the
 /// data section.
 pub fn check_file(path: &Path) -> Result<HeaderSummary> {
@@ -237,9 +263,13 @@ pub fn check_file(path: &Path) -> Result<HeaderSummary> {
     let mut alignment = DEFAULT_ALIGNMENT;
     for _ in 0..metadata {
         let key = w.string("a metadata key", true)?.unwrap_or_default();
-        let ty = w.u32(&key)?;
-        if let Some(a) = w.value(ty, &key, 0)? {
-            alignment = a;
+        // candle drops trailing NULs from keys, and the last of repeated keys wins.
+        let key = key.trim_end_matches('\0');
+        let ty = w.u32(key)?;
+        if key == "general.alignment" {
+            alignment = w.alignment(ty, key)?.unwrap_or(DEFAULT_ALIGNMENT);
+        } else {
+            w.value(ty, key, 0)?;
         }
     }
     if alignment == 0 || !alignment.is_power_of_two() {
@@ -259,6 +289,12 @@ pub fn check_file(path: &Path) -> Result<HeaderSummary> {
         let mut dims = Vec::new();
         for _ in 0..n_dims {
             dims.push(w.u64(&name)?);
+        }
+        if dims.contains(&0) {
+            // candle reads an empty tensor through a dangling, misaligned pointer.
+            return Err(w.err(format!(
+                "tensor `{name}` has dimensions {dims:?}: an empty tensor"
+            )));
         }
         let ty = w.u32(&name)?;
         let offset = w.u64(&name)?;

@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::gguf::GgufFile;
 use crate::hf::llama_config::{LlamaConfig, RopeParameters};
 use crate::hf::llama_layout as layout;
+use candle_core::Tensor;
 
 /// The architectures read as Llama (llama.cpp writes Mistral and many Llama derivatives as
 /// `llama`).
@@ -37,8 +38,12 @@ pub fn hf_name(gguf: &str) -> Option<String> {
         _ => {}
     }
     let rest = gguf.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
+    let (digits, rest) = rest.split_once('.')?;
+    let layer: usize = digits.parse().ok()?;
+    // One spelling per layer (`blk.3`, not `blk.03` or `blk.+3`): two names never map to one.
+    if layer.to_string() != digits {
+        return None;
+    }
     let (module, suffix) = rest.split_once('.')?;
     if suffix != "weight" && suffix != "bias" {
         return None;
@@ -122,10 +127,38 @@ pub fn hf_to_gguf_rows(heads: usize, rows: usize) -> Option<Vec<usize>> {
     Some(inv)
 }
 
+/// The row order of HF tensor `hf` (`rows` rows) from the file's, when llama.cpp permuted it:
+/// `Some((to_hf, to_gguf))` as index lists (see [`gguf_to_hf_rows`] / [`hf_to_gguf_rows`]),
+/// `None` for tensors kept in order; an error when `rows` cannot be that many heads of an even
+/// width.
+pub fn row_orders(
+    file: &GgufFile,
+    hf: &str,
+    config: &LlamaConfig,
+    rows: usize,
+) -> Result<Option<(Vec<usize>, Vec<usize>)>> {
+    let Some(heads) = permuted_heads(hf, config) else {
+        return Ok(None);
+    };
+    match (gguf_to_hf_rows(heads, rows), hf_to_gguf_rows(heads, rows)) {
+        (Some(to_hf), Some(to_gguf)) => Ok(Some((to_hf, to_gguf))),
+        _ => Err(file.error(format!(
+            "`{hf}` has {rows} rows, which {heads} heads of an even width cannot hold"
+        ))),
+    }
+}
+
+/// `t` with its rows (axis 0) taken in `order` (an index list from [`row_orders`]).
+pub fn reorder_rows(t: &Tensor, order: &[usize]) -> candle_core::Result<Tensor> {
+    let idx: Vec<u32> = order.iter().map(|&r| r as u32).collect();
+    let idx = Tensor::from_vec(idx, order.len(), t.device())?;
+    t.index_select(&idx, 0)
+}
+
 /// The Llama configuration a GGUF file's metadata describes (`{arch}.embedding_length`,
 /// `.block_count`, `.feed_forward_length`, `.attention.head_count[_kv]`,
 /// `.attention.key_length`, `.attention.layer_norm_rms_epsilon`, `.rope.freq_base`,
-/// `.context_length`, `.vocab_size` or the token list / embedding shape), checked like a
+/// `.context_length`, `.vocab_size` or the embedding's shape), checked like a
 /// `config.json`. The head is tied when the file has no `output.weight`.
 pub fn llama_config(file: &GgufFile) -> Result<LlamaConfig> {
     let arch = file
@@ -156,13 +189,14 @@ pub fn llama_config(file: &GgufFile) -> Result<LlamaConfig> {
         None => match embd.map(|i| i.shape.dims().to_vec()) {
             Some(d) if d.len() == 2 => d[0],
             _ => {
-                return Err(file.error(
-                    "neither `{arch}.vocab_size` nor a 2-D `token_embd.weight` gives the vocabulary size",
-                ))
+                return Err(file.error(format!(
+                    "neither `{arch}.vocab_size` nor a 2-D `token_embd.weight` gives the vocabulary size"
+                )))
             }
         },
     };
     let heads = need("attention.head_count")?;
+    let theta = file.get_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0);
     let cfg = LlamaConfig {
         hidden_size: hidden,
         intermediate_size: need("feed_forward_length")?,
@@ -174,9 +208,10 @@ pub fn llama_config(file: &GgufFile) -> Result<LlamaConfig> {
         rms_norm_eps: file
             .get_f64(&key("attention.layer_norm_rms_epsilon"))?
             .unwrap_or(1e-5),
-        rope_theta: None,
+        // Both spellings, so a config.json written from it reads the same in transformers 4 and 5.
+        rope_theta: Some(theta),
         rope_parameters: Some(RopeParameters {
-            rope_theta: Some(file.get_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0)),
+            rope_theta: Some(theta),
             rope_type: Some("default".into()),
             ..Default::default()
         }),

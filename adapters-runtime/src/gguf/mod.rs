@@ -8,6 +8,7 @@
 pub mod check;
 pub mod inspect;
 pub mod llama;
+pub mod tokenizer;
 pub mod write;
 
 pub use inspect::{inspect_gguf, GgufInspection};
@@ -114,8 +115,8 @@ impl GgufFile {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
             Some(v) => Err(self.error(format!(
-                "metadata `{key}` is a {:?}, expected a string",
-                v.value_type()
+                "metadata `{key}` is {}, expected a string",
+                describe(v)
             ))),
         }
     }
@@ -141,7 +142,8 @@ impl GgufFile {
             .map(Some)
             .ok_or_else(|| {
                 self.error(format!(
-                    "metadata `{key}` is {v:?}, expected a non-negative integer"
+                    "metadata `{key}` is {}, expected a non-negative integer",
+                    describe(v)
                 ))
             })
     }
@@ -154,5 +156,18 @@ impl GgufFile {
             Some(Value::F64(x)) => Ok(Some(*x)),
             Some(v) => Err(self.error(format!("metadata `{key}` is {v:?}, expected a float"))),
         }
+    }
+}
+
+/// A metadata value for a message, bounded: scalars as they are, a string clipped to 64
+/// characters, an array by its length.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Array(items) => format!("an array of {} items", items.len()),
+        Value::String(s) if s.chars().count() > 64 => {
+            format!("the string {:?}…", s.chars().take(64).collect::<String>())
+        }
+        Value::String(s) => format!("the string {s:?}"),
+        other => format!("{other:?}"),
     }
 }

@@ -9,4 +9,4 @@ pub mod model_folder;
 
 pub use llama_config::{LlamaConfig, RopeParameters};
 pub use llama_layout::{LlamaLayout, ModuleDims, Projection, TensorRole, TensorSpec};
-pub use model_folder::save_model_folder;
+pub use model_folder::{save_model_folder, save_model_folder_with, FolderFiles};

@@ -29,6 +29,34 @@ pub fn save_model_folder(
     tensors: &[(String, Tensor)],
     extra: &[PathBuf],
 ) -> Result<()> {
+    let files = FolderFiles {
+        copy: extra,
+        ..Default::default()
+    };
+    save_model_folder_with(dir, config, tensors, &files)
+}
+
+/// What [`save_model_folder_with`] writes besides `config.json` and `model.safetensors`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FolderFiles<'a> {
+    /// Files copied in (e.g. `tokenizer.json`).
+    pub copy: &'a [PathBuf],
+    /// Files written from memory: `(name, bytes)` (e.g. a tokenizer built from GGUF metadata).
+    pub generated: &'a [(String, Vec<u8>)],
+    /// Keep files already in `dir` that this save does not write (as `adapters merge --force`
+    /// does); otherwise the folder is replaced whole.
+    pub keep_others: bool,
+}
+
+/// [`save_model_folder`] with generated files and the choice to keep other files of `dir`; every
+/// file is written into the staged folder, which replaces `dir` atomically.
+pub fn save_model_folder_with(
+    dir: &Path,
+    config: &LlamaConfig,
+    tensors: &[(String, Tensor)],
+    files: &FolderFiles,
+) -> Result<()> {
+    let extra = files.copy;
     let what = format!("saving model folder `{}`", dir.display());
     for (name, t) in tensors {
         check_finite(t, &what, name, "")?;
@@ -63,5 +91,9 @@ pub fn save_model_folder(
             std::fs::copy(f, &to).map_err(|e| AdapterError::io("copying", f, e))?;
         }
     }
-    staging.commit(false)
+    for (name, bytes) in files.generated {
+        let to = staging.path().join(name);
+        std::fs::write(&to, bytes).map_err(|e| AdapterError::io("writing", &to, e))?;
+    }
+    staging.commit(files.keep_others)
 }

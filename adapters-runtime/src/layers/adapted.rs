@@ -7,7 +7,6 @@ use crate::estimate;
 use crate::layers::adapter::{check_float, check_shape, Adapter};
 use crate::layers::init;
 use crate::layers::kind::LayerKind;
-use crate::ops::quant_matmul;
 use crate::quant::QuantWeight;
 use candle_core::{Tensor, Var};
 use std::marker::PhantomData;
@@ -99,10 +98,11 @@ impl<K: LayerKind> Adapted<K> {
         }
     }
 
-    /// `W0` in `dtype`, dense (dequantized for a quantized base, as `W0` is while unmerged).
+    /// `W0` in `dtype`, dense (for a quantized base: dequantized to the layer's dtype, as the
+    /// forward sees it, then cast).
     fn base_values(&self, dtype: candle_core::DType) -> candle_core::Result<Tensor> {
         match &self.quant {
-            Some(q) => q.dequantize(dtype),
+            Some(q) => q.dequantize(self.weight.dtype())?.to_dtype(dtype),
             None => self.weight.to_dtype(dtype),
         }
     }
@@ -234,7 +234,9 @@ impl<K: LayerKind> Adapted<K> {
         let mut ad = Adapter::new(config, Var::from_tensor(&a)?, Var::from_tensor(&b)?, seed);
         if ad.is_dora() {
             let sq = match &self.quant {
-                Some(q) => q.row_sq_norms(ad.dtype()),
+                Some(q) => q
+                    .dequantize(self.weight.dtype())
+                    .and_then(|w| K::base_sq_norms(&w, ad.dtype())),
                 None => K::base_sq_norms(&self.weight, ad.dtype()),
             };
             ad.base_sq = Some(sq.in_layer(&name)?);
@@ -252,8 +254,9 @@ impl<K: LayerKind> Adapted<K> {
     pub(crate) fn norm_of(&self, ad: &Adapter) -> candle_core::Result<Tensor> {
         let a = ad.a.as_tensor().detach();
         let w_at = match &self.quant {
-            // W0·Aᵀ = (A·W0ᵀ)ᵀ through the quantized product.
-            Some(q) => quant_matmul(&a, q)?.t()?,
+            // W0 as the forward sees it: dequantized to the layer's dtype (bf16-rounded for a
+            // bf16 model), then cast in chunks like a dense base.
+            Some(q) => K::base_times_at(&q.dequantize(self.weight.dtype())?, &a)?,
             None => K::base_times_at(&self.weight, &a)?,
         };
         ad.norm_from(&w_at)
@@ -426,7 +429,8 @@ impl<K: LayerKind> Adapted<K> {
     pub fn merged_weight_tensor(&self) -> Result<Tensor> {
         match &self.adapter {
             Some(ad) if !ad.merged => Ok(self.merged_base(ad, false).in_layer(self.name())?.weight),
-            _ => Ok(self.weight.clone()),
+            // Bare or merged: the base as it is (dequantized when a quantized base is in use).
+            _ => self.dense_weight(),
         }
     }
 }

@@ -48,8 +48,10 @@ pub trait AdaptedLayer {
     fn set_training(&mut self, training: bool);
     /// Whether the forward reads a quantized base (QLoRA / QDoRA).
     fn base_is_quantized(&self) -> bool;
-    /// Bytes the frozen base (weight and bias) holds in memory: the quantized storage, or the
-    /// dense tensors.
+    /// The quantized base's format, when the layer has one.
+    fn quant_format(&self) -> Option<crate::estimate::QuantFormat>;
+    /// Bytes the frozen base (weight and bias) holds in memory: the quantized storage (plus the
+    /// dense merged weight while a quantized layer is merged), or the dense tensors.
     fn base_bytes(&self) -> usize;
 }
 
@@ -107,6 +109,9 @@ impl<K: LayerKind> AdaptedLayer for Adapted<K> {
     }
     fn base_is_quantized(&self) -> bool {
         Adapted::base_is_quantized(self)
+    }
+    fn quant_format(&self) -> Option<crate::estimate::QuantFormat> {
+        self.quant.as_ref().map(|q| q.format())
     }
     fn base_bytes(&self) -> usize {
         Adapted::base_bytes(self)

@@ -12,6 +12,7 @@ use crate::io::safetensors_write::{tensor_bytes, write_file, Entry, Failure, Sou
 use crate::layers::{AdaptedEmbedding, AdaptedLinear};
 use crate::peft::adapter_file::{AdapterCheckpoint, ModuleAdapter};
 use crate::peft::keys::{self, Kind};
+use candle_core::Tensor;
 use indicatif::ProgressBar;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -295,16 +296,10 @@ fn write_shard(
     write_file(path, entries, file.string_metadata()?, &failure)
 }
 
-/// One merged weight's bytes, in the base dtype; checked finite unless `allow_non_finite`.
-fn merged_bytes(
-    view: &TensorView<'_>,
-    ad: &ModuleAdapter,
-    file: &Path,
-    key: &str,
-    allow_non_finite: bool,
-) -> Result<Vec<u8>> {
-    let w = to_tensor(view, file, key)?;
-    let merged = match ad.kind {
+/// The merged weight of one adapted module over its base weight `w` (in HF's layout), computed
+/// by the runtime's layers.
+pub(crate) fn merged_weight(w: Tensor, ad: &ModuleAdapter) -> Result<Tensor> {
+    Ok(match ad.kind {
         Kind::Linear => {
             let mut l = AdaptedLinear::new(w, None).with_path(ad.module.clone());
             l.attach_weights(ad.config, &ad.a, &ad.b, ad.magnitude.as_ref())?;
@@ -315,7 +310,18 @@ fn merged_bytes(
             e.attach_weights(ad.config, &ad.a, &ad.b, ad.magnitude.as_ref())?;
             e.merged_weight_tensor()?
         }
-    };
+    })
+}
+
+/// One merged weight's bytes, in the base dtype; checked finite unless `allow_non_finite`.
+fn merged_bytes(
+    view: &TensorView<'_>,
+    ad: &ModuleAdapter,
+    file: &Path,
+    key: &str,
+    allow_non_finite: bool,
+) -> Result<Vec<u8>> {
+    let merged = merged_weight(to_tensor(view, file, key)?, ad)?;
     if !allow_non_finite {
         let what = format!(
             "merging adapter module `{}` into `{}`",

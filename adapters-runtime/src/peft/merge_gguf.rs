@@ -1,5 +1,7 @@
 //! Merging a PEFT adapter into a GGUF base: to a GGUF file re-quantized to the base's own types
-//! (what llama.cpp / ollama users run), or to a dequantized HF checkpoint (safetensors, f32).
+//! (what llama.cpp / ollama users run), or to a dequantized HF checkpoint (safetensors, f32; a
+//! folder gets `config.json` and the file's tokenizer, from the metadata). The HF outputs hold
+//! the whole model dense in memory before writing (f32: 4 bytes per parameter).
 //!
 //! The adapter is in HF's layout (as every adapter this crate saves, also those trained over a
 //! GGUF base): each adapted weight is dequantized, its `q_proj` / `k_proj` rows put in HF order,
@@ -7,34 +9,29 @@
 
 use crate::error::{AdapterError, KeyIssue, Result};
 use crate::estimate::QuantFormat;
-use crate::gguf::llama::{
-    gguf_name, gguf_to_hf_rows, hf_name, hf_to_gguf_rows, llama_config, permuted_heads,
-};
+use crate::gguf::llama::{gguf_name, hf_name, llama_config, reorder_rows, row_orders};
+use crate::gguf::tokenizer::gguf_tokenizer_json;
 use crate::gguf::write::write_gguf;
 use crate::gguf::{is_gguf_path, GgufFile};
-use crate::hf::model_folder::save_model_folder;
+use crate::hf::model_folder::{save_model_folder_with, FolderFiles};
 use crate::io::finite::check_finite;
 use crate::io::safetensors_write::write_tensors;
-use crate::layers::{AdaptedEmbedding, AdaptedLinear};
 use crate::peft::adapter_file::{AdapterCheckpoint, ModuleAdapter};
-use crate::peft::keys::{self, Kind};
-use crate::peft::merge::{check_output_paths, MergeOptions, MergeReport, ALLOW_HINT};
+use crate::peft::keys;
+use crate::peft::merge::{
+    check_output_paths, merged_weight, MergeOptions, MergeReport, ALLOW_HINT,
+};
 use crate::quant::ggml_of_format;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// `rows` as a `u32` index tensor.
-fn index(rows: &[usize]) -> candle_core::Result<Tensor> {
-    let v: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-    Tensor::from_vec(v, rows.len(), &Device::Cpu)
-}
-
 /// Merges `adapter` into the GGUF file `base` and writes `out`: a `.gguf` file (every tensor in
 /// its original type, merged ones re-quantized — to `requantize` instead when given; metadata and
-/// tokenizer copied), a `.safetensors` file, or an HF model folder (`config.json` from the
-/// metadata + `model.safetensors`, f32). Merged weights are checked finite unless
+/// tokenizer copied), a `.safetensors` file, or an HF model folder (`config.json` and, when the
+/// file has one, `tokenizer.json` / `tokenizer_config.json` from the metadata, and
+/// `model.safetensors`, f32; `--force` keeps the folder's other files). Merged weights are checked finite unless
 /// `options.allow_non_finite`; nothing is written unless every adapted weight exists with a
 /// matching shape; outputs appear atomically.
 pub fn merge_gguf(
@@ -83,6 +80,29 @@ pub fn merge_gguf(
     let mut file = GgufFile::open(base)?;
     let config = llama_config(&file)?;
     let targets = plan(&ckpt, &file)?;
+    // An HF folder gets the file's tokenizer, built before anything is written.
+    let tokenizer = match (to_file, file.get("tokenizer.ggml.model")) {
+        (false, Some(_)) => {
+            let t = gguf_tokenizer_json(file.metadata(), base)?;
+            let json = |v: &serde_json::Value, name: &str| {
+                serde_json::to_vec_pretty(v).map_err(|source| AdapterError::Json {
+                    path: out.join(name),
+                    source,
+                })
+            };
+            vec![
+                (
+                    "tokenizer.json".to_string(),
+                    json(&t.tokenizer_json, "tokenizer.json")?,
+                ),
+                (
+                    "tokenizer_config.json".to_string(),
+                    json(&t.config, "tokenizer_config.json")?,
+                ),
+            ]
+        }
+        _ => Vec::new(),
+    };
     let dev = Device::Cpu;
     let mut report = MergeReport {
         output: out.to_path_buf(),
@@ -105,24 +125,14 @@ pub fn merge_gguf(
             continue;
         }
         let rows = q.shape().dims().first().copied().unwrap_or(0);
-        let perm = permuted_heads(&hf, &config)
-            .map(|h| {
-                let fwd = gguf_to_hf_rows(h, rows);
-                let inv = hf_to_gguf_rows(h, rows);
-                fwd.zip(inv).ok_or_else(|| {
-                    file.error(format!(
-                        "`{name}`: {rows} rows cannot be {h} heads of an even width"
-                    ))
-                })
-            })
-            .transpose()?;
+        let perm = row_orders(&file, &hf, &config, rows)?;
         let in_file = |e: candle_core::Error| file.error(format!("tensor `{name}`: {e}"));
         let mut w = q.dequantize(&dev).map_err(in_file)?;
-        if let Some((fwd, _)) = &perm {
-            w = w.index_select(&index(fwd)?, 0).map_err(in_file)?;
+        if let Some((to_hf, _)) = &perm {
+            w = reorder_rows(&w, to_hf).map_err(in_file)?;
         }
         if let Some(ad) = ad {
-            w = merged(w, ad)?;
+            w = merged_weight(w, ad)?;
             if !options.allow_non_finite {
                 let what = format!(
                     "merging adapter module `{}` into `{}`",
@@ -135,8 +145,8 @@ pub fn merge_gguf(
             report.passed_through += 1;
         }
         if to_gguf {
-            if let Some((_, inv)) = &perm {
-                w = w.index_select(&index(inv)?, 0)?;
+            if let Some((_, to_gguf)) = &perm {
+                w = reorder_rows(&w, to_gguf)?;
             }
             let dtype = requant_dtype.unwrap_or(q.dtype());
             let requantized = quantize(&w, dtype).map_err(|e| {
@@ -148,9 +158,11 @@ pub fn merge_gguf(
         }
     }
     if to_gguf {
+        // With `--quant` the types change: llama.cpp's `general.file_type` would be stale.
         let mut metadata: Vec<(String, _)> = file
             .metadata()
             .iter()
+            .filter(|(k, _)| requantize.is_none() || k.as_str() != "general.file_type")
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         metadata.sort_by(|a, b| a.0.cmp(&b.0));
@@ -158,38 +170,28 @@ pub fn merge_gguf(
     } else if to_file {
         write_tensors(out, &dense, None)?;
     } else {
-        save_model_folder(out, &config, &dense, &[])?;
+        // `--force` replaces what the merge writes; other files already in `out` stay.
+        let files = FolderFiles {
+            generated: &tokenizer,
+            keep_others: true,
+            ..Default::default()
+        };
+        save_model_folder_with(out, &config, &dense, &files)?;
         report
             .copied
             .push("config.json (from the GGUF metadata)".into());
+        for (name, _) in &tokenizer {
+            report
+                .copied
+                .push(format!("{name} (from the GGUF metadata)"));
+        }
     }
     Ok(report)
 }
 
-/// `w` (f32, 2-D, in HF's row order) quantized to `dtype` (float types stored as they are).
+/// `w` (2-D, in the file's row order) stored as `dtype` (float types included).
 fn quantize(w: &Tensor, dtype: GgmlDType) -> candle_core::Result<QTensor> {
-    let w = match dtype {
-        GgmlDType::F16 => w.to_dtype(DType::F16)?,
-        GgmlDType::BF16 => w.to_dtype(DType::BF16)?,
-        _ => w.to_dtype(DType::F32)?,
-    };
-    QTensor::quantize(&w, dtype)
-}
-
-/// The merged weight of one adapted module over its dequantized base `w`.
-fn merged(w: Tensor, ad: &ModuleAdapter) -> Result<Tensor> {
-    Ok(match ad.kind {
-        Kind::Linear => {
-            let mut l = AdaptedLinear::new(w, None).with_path(ad.module.clone());
-            l.attach_weights(ad.config, &ad.a, &ad.b, ad.magnitude.as_ref())?;
-            l.merged_weight_tensor()?
-        }
-        Kind::Embedding => {
-            let mut e = AdaptedEmbedding::new(w).with_path(ad.module.clone());
-            e.attach_weights(ad.config, &ad.a, &ad.b, ad.magnitude.as_ref())?;
-            e.merged_weight_tensor()?
-        }
-    })
+    QTensor::quantize(w, dtype)
 }
 
 /// Maps every adapted HF weight name to its adapter, checking the GGUF file holds it with the

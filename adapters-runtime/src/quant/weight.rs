@@ -5,14 +5,20 @@ use crate::error::{AdapterError, Result};
 use crate::estimate::{self, QuantFormat};
 use crate::quant::nf4::Nf4Weight;
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use std::borrow::Cow;
 
 /// A frozen `[rows, cols]` (`[out, in]`) weight in a quantized format.
 ///
 /// It is only ever dequantized transiently (one layer at a time, inside the forward and backward
 /// of [`quant_matmul`](crate::ops::quant_matmul)); no full-precision copy is kept.
-pub enum QuantWeight {
+///
+/// Built only through [`QuantWeight::quantize`], [`QuantWeight::from_qtensor`] and
+/// [`QuantWeight::from_nf4`], which check the shape and format.
+pub struct QuantWeight(Inner);
+
+/// The storage behind a [`QuantWeight`].
+enum Inner {
     /// bitsandbytes NF4 with double quantization.
     Nf4(Nf4Weight),
     /// A GGML block-quantized tensor (candle's `QTensor`, as read from a GGUF file).
@@ -95,10 +101,31 @@ impl QuantWeight {
             return Err(quant_err(reason));
         }
         let q = match ggml_of_format(format) {
-            None => QuantWeight::Nf4(Nf4Weight::quantize(w)?),
-            Some(dt) => QuantWeight::Ggml(QTensor::quantize(&w.to_dtype(DType::F32)?, dt)?),
+            None => Inner::Nf4(Nf4Weight::quantize(w)?),
+            Some(dt) => Inner::Ggml(QTensor::quantize(&w.to_dtype(DType::F32)?, dt)?),
         };
-        Ok(q)
+        Ok(QuantWeight(q))
+    }
+
+    /// Wraps NF4 storage (e.g. bitsandbytes' parts through [`Nf4Weight::from_parts`]).
+    pub fn from_nf4(w: Nf4Weight) -> Self {
+        QuantWeight(Inner::Nf4(w))
+    }
+
+    /// The GGML tensor, for a GGML format.
+    pub fn as_qtensor(&self) -> Option<&QTensor> {
+        match &self.0 {
+            Inner::Ggml(q) => Some(q),
+            Inner::Nf4(_) => None,
+        }
+    }
+
+    /// The NF4 storage, for NF4.
+    pub fn as_nf4(&self) -> Option<&Nf4Weight> {
+        match &self.0 {
+            Inner::Nf4(w) => Some(w),
+            Inner::Ggml(_) => None,
+        }
     }
 
     /// Wraps a GGML tensor read from a GGUF file (`name` in errors): 2-D, of a quantized type.
@@ -131,23 +158,23 @@ impl QuantWeight {
                 reason,
             });
         }
-        Ok(QuantWeight::Ggml(q))
+        Ok(QuantWeight(Inner::Ggml(q)))
     }
 
     /// The storage format.
     pub fn format(&self) -> QuantFormat {
-        match self {
-            QuantWeight::Nf4(_) => QuantFormat::Nf4,
+        match &self.0 {
+            Inner::Nf4(_) => QuantFormat::Nf4,
             // Only quantized GGML types are ever wrapped (see `from_qtensor` / `quantize`).
-            QuantWeight::Ggml(q) => format_of_ggml(q.dtype()).unwrap_or(QuantFormat::Q8_0),
+            Inner::Ggml(q) => format_of_ggml(q.dtype()).unwrap_or(QuantFormat::Q8_0),
         }
     }
 
     /// `(rows, cols)` = `(out, in)`.
     pub fn dims(&self) -> (usize, usize) {
-        match self {
-            QuantWeight::Nf4(w) => w.dims(),
-            QuantWeight::Ggml(q) => match q.shape().dims() {
+        match &self.0 {
+            Inner::Nf4(w) => w.dims(),
+            Inner::Ggml(q) => match q.shape().dims() {
                 [r, c] => (*r, *c),
                 _ => (0, 0),
             },
@@ -156,9 +183,9 @@ impl QuantWeight {
 
     /// The device the quantized data lives on.
     pub fn device(&self) -> Device {
-        match self {
-            QuantWeight::Nf4(w) => w.device().clone(),
-            QuantWeight::Ggml(q) => q.device(),
+        match &self.0 {
+            Inner::Nf4(w) => w.device().clone(),
+            Inner::Ggml(q) => q.device(),
         }
     }
 
@@ -172,15 +199,10 @@ impl QuantWeight {
     /// The weight, dequantized, `[rows, cols]` in `dtype` on its device (a new tensor, outside
     /// any graph).
     pub fn dequantize(&self, dtype: DType) -> candle_core::Result<Tensor> {
-        match self {
-            QuantWeight::Nf4(w) => w.dequantize(dtype),
-            QuantWeight::Ggml(q) => q.dequantize(&q.device())?.to_dtype(dtype),
+        match &self.0 {
+            Inner::Nf4(w) => w.dequantize(dtype),
+            Inner::Ggml(q) => q.dequantize(&q.device())?.to_dtype(dtype),
         }
-    }
-
-    /// `‖W[i,:]‖²` per row of the dequantized weight, in `dtype`: `[rows]`.
-    pub fn row_sq_norms(&self, dtype: DType) -> candle_core::Result<Tensor> {
-        self.dequantize(dtype)?.sqr()?.sum(D::Minus1)
     }
 
     /// The same weight with its rows reordered: row `i` of the result is row `perm[i]` of this
@@ -203,7 +225,7 @@ impl QuantWeight {
         {
             return Err(err(format!("not a permutation of its {rows} rows")));
         }
-        let QuantWeight::Ggml(q) = self else {
+        let Inner::Ggml(q) = &self.0 else {
             return Err(err(
                 "NF4 blocks span rows; its rows cannot be reordered".into()
             ));
@@ -223,6 +245,9 @@ impl QuantWeight {
             out.extend_from_slice(&data[p * row_bytes..(p + 1) * row_bytes]);
         }
         let storage = QStorage::from_data(Cow::Owned(out), &q.device(), dt)?;
-        Ok(QuantWeight::Ggml(QTensor::new(storage, (rows, cols))?))
+        Ok(QuantWeight(Inner::Ggml(QTensor::new(
+            storage,
+            (rows, cols),
+        )?)))
     }
 }

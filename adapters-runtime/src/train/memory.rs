@@ -1,9 +1,10 @@
 //! `estimate_training`: the training-memory breakdown of adapting an HF model, from the same
 //! `const fn`s ([`crate::estimate`]) as the `#[adapter]` macro's constants.
 //!
-//! [`estimate_training_quantized`] counts a QLoRA-style base: the adapted projections' weights
-//! stored in a [`QuantFormat`], everything else frozen (embeddings, norms, biases, projections
-//! that are not adapted) in the base dtype, as [`est::BaseStorage`] defines it.
+//! [`estimate_training_quantized`] counts a QLoRA-style base: every decoder projection's weight
+//! (adapted or not, as `models::llama::load_model` stores them) in a [`QuantFormat`], everything
+//! else frozen (embeddings, norms, biases, the output head) in the base dtype, as
+//! [`est::BaseStorage`] defines it.
 
 use crate::error::{AdapterError, Result};
 use crate::estimate::{self as est, human_bytes, BaseDType, BaseStorage, Method, QuantFormat};
@@ -45,8 +46,7 @@ pub struct TrainingEstimate {
     pub trainable_params: usize,
     /// The format of the projection weights, if they are stored quantized.
     pub quant: Option<QuantFormat>,
-    /// Frozen parameters stored quantized (the adapted linear layers' weights; 0 without
-    /// `quant`).
+    /// Frozen parameters stored quantized (every projection's weight; 0 without `quant`).
     pub quantized_params: usize,
     /// Frozen weights: the projection weights in `quant` if given, the rest in the base dtype.
     pub base_bytes: usize,

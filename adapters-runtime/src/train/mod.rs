@@ -28,13 +28,14 @@ pub mod optim;
 pub mod pack;
 pub mod schedule;
 pub mod tokenizer;
-pub mod tokenizer_gguf;
+mod tokenizer_gguf;
 pub mod train_state;
 pub mod trainer;
 
 pub use batch::{Batch, BatchLoader, BatchSource, DataPosition};
 pub use chat::Message;
 
+pub use crate::gguf::tokenizer::{gguf_tokenizer_json, GgufTokenizerJson};
 pub use data::{load_jsonl, split_train_eval, Dataset, Example, JsonlOptions};
 pub use grads::{clip_grad_norm, GradAccumulator, Grads};
 pub use loss::{
@@ -50,6 +51,5 @@ pub use pack::{
 };
 pub use schedule::LrSchedule;
 pub use tokenizer::Tokenizer;
-pub use tokenizer_gguf::{gguf_tokenizer_json, GgufTokenizerJson};
 pub use train_state::{latest_checkpoint, TrainerState};
 pub use trainer::{evaluate, TrainConfig, TrainSummary, Trainer};

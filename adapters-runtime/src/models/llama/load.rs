@@ -103,7 +103,7 @@ pub fn load_pretrained_with(
             }
             let vb = VarBuilder::from_varmap(&varmap, dtype, device);
             (
-                Llama::load(&config, vb, mode).map_err(in_dir)?,
+                Llama::load_with(&config, vb, mode, quant).map_err(in_dir)?,
                 Some(varmap),
             )
         }

@@ -292,6 +292,11 @@ impl Llama {
         mode: BaseMode,
         quant: &BaseQuant,
     ) -> candle_core::Result<Self> {
+        if mode == BaseMode::Trainable && !matches!(quant, BaseQuant::None) {
+            candle_core::bail!(
+                "a trainable base (full training) cannot be quantized: load it frozen to quantize it"
+            )
+        }
         let load = Load { mode, quant };
         cfg.validate().map_err(|(f, e, a)| {
             candle_core::Error::Msg(format!("config: `{f}` is {a}, expected {e}"))
