@@ -86,3 +86,17 @@ impl FrozenModule for Tensor {
         self.elem_count()
     }
 }
+
+/// An optional module (e.g. Qwen3's query / key norms, absent in other families): its
+/// parameters when present, 0 otherwise.
+impl<T: FrozenModule> FrozenModule for Option<T> {
+    fn frozen_params(&self) -> usize {
+        self.as_ref().map_or(0, T::frozen_params)
+    }
+    fn dims_in_out(&self) -> Option<(usize, usize)> {
+        self.as_ref().and_then(T::dims_in_out)
+    }
+    fn has_bias(&self) -> bool {
+        self.as_ref().is_some_and(T::has_bias)
+    }
+}

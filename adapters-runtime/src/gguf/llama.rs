@@ -226,6 +226,11 @@ pub fn llama_config(file: &GgufFile) -> Result<LlamaConfig> {
         eos_token_id: file
             .get_usize("tokenizer.ggml.eos_token_id")?
             .map(serde_json::Value::from),
+        model_type: Some("llama".into()),
+        architectures: None,
+        hidden_act: None,
+        sliding_window: None,
+        use_sliding_window: None,
     };
     if let Some(d) = file.get_usize(&key("rope.dimension_count"))? {
         if d != cfg.head_dim() {

@@ -76,6 +76,75 @@ pub struct LlamaConfig {
     /// EOS token id(s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eos_token_id: Option<serde_json::Value>,
+    /// `model_type`: which decoder of the family ([`Family`]); absent: `llama`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_type: Option<String>,
+    /// `architectures` (`["Qwen2ForCausalLM"]`); read when `model_type` is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architectures: Option<Vec<String>>,
+    /// The MLP activation; only `silu` is implemented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_act: Option<String>,
+    /// Mistral's attention window (each position sees itself and the `sliding_window − 1` before
+    /// it); `null`: full causal attention. Read for Mistral only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    /// Qwen2 / Qwen3's switch for sliding-window attention (not implemented: `true` is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_sliding_window: Option<bool>,
+}
+
+/// The decoders this model implements: Llama and the families that differ from it only in ways
+/// it covers. Each reproduces its transformers class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// `LlamaForCausalLM`: biases where `attention_bias` / `mlp_bias` say.
+    Llama,
+    /// `MistralForCausalLM`: no biases; sliding-window attention when `sliding_window` is set.
+    Mistral,
+    /// `Qwen2ForCausalLM`: biases on q, k and v (never on o or the MLP).
+    Qwen2,
+    /// `Qwen3ForCausalLM`: per-head RMSNorm of queries and keys (`q_norm`, `k_norm`) before
+    /// RoPE; biases on q, k, v and o where `attention_bias` says.
+    Qwen3,
+}
+
+impl Family {
+    /// Every family, in the order messages list them.
+    pub const ALL: [Family; 4] = [Family::Llama, Family::Mistral, Family::Qwen2, Family::Qwen3];
+
+    /// The `model_type` of its `config.json`.
+    pub const fn model_type(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+        }
+    }
+
+    /// Its transformers class (`architectures[0]`).
+    pub const fn architecture(self) -> &'static str {
+        match self {
+            Family::Llama => "LlamaForCausalLM",
+            Family::Mistral => "MistralForCausalLM",
+            Family::Qwen2 => "Qwen2ForCausalLM",
+            Family::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+
+    /// The supported `model_type`s, comma-separated.
+    pub fn names() -> String {
+        Self::ALL.map(|f| f.model_type()).join(", ")
+    }
+
+    fn from_model_type(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.model_type() == s)
+    }
+
+    fn from_architecture(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.architecture() == s)
+    }
 }
 
 /// Bound on `hidden_size` (2^20; the largest released models use 2^14–2^15).
@@ -144,6 +213,23 @@ impl LlamaConfig {
     /// ([`MAX_ATTENTION_WIDTH`], [`MAX_TENSOR_ELEMENTS`]); the error is
     /// `(field, expected, actual)`.
     pub fn validate(&self) -> std::result::Result<(), (&'static str, String, String)> {
+        let family = self.family_checked()?;
+        if let Some(act) = self.hidden_act.as_deref() {
+            if act != "silu" {
+                return Err(("hidden_act", "`silu`".into(), format!("`{act}`")));
+            }
+        }
+        if matches!(family, Family::Qwen2 | Family::Qwen3) && self.use_sliding_window == Some(true)
+        {
+            return Err((
+                "use_sliding_window",
+                format!("false ({}'s sliding-window layers are not implemented)", family.model_type()),
+                "true".into(),
+            ));
+        }
+        if family == Family::Mistral && self.sliding_window == Some(0) {
+            return Err(("sliding_window", "null or at least 1".into(), "0".into()));
+        }
         let mut sizes = vec![
             ("hidden_size", self.hidden_size, MAX_HIDDEN_SIZE),
             (
@@ -266,6 +352,40 @@ impl LlamaConfig {
                 "`default` or `llama3`".into(),
                 format!("`{other}`"),
             )),
+        }
+    }
+
+    /// The family from `model_type` (else `architectures[0]`, else Llama), or why it is not one
+    /// this model implements.
+    fn family_checked(&self) -> std::result::Result<Family, (&'static str, String, String)> {
+        let expected = || format!("one of {} (the decoders this crate implements)", Family::names());
+        if let Some(t) = self.model_type.as_deref() {
+            return Family::from_model_type(t)
+                .ok_or_else(|| ("model_type", expected(), format!("`{t}`")));
+        }
+        match self.architectures.as_deref().and_then(|a| a.first()) {
+            Some(a) => Family::from_architecture(a).ok_or_else(|| {
+                (
+                    "architectures",
+                    Family::ALL.map(|f| f.architecture()).join(", "),
+                    format!("`{a}`"),
+                )
+            }),
+            None => Ok(Family::Llama),
+        }
+    }
+
+    /// The decoder family ([`Family::Llama`] for a configuration [`LlamaConfig::validate`]
+    /// refuses).
+    pub fn family(&self) -> Family {
+        self.family_checked().unwrap_or(Family::Llama)
+    }
+
+    /// The attention window (Mistral's `sliding_window`), `None` for full causal attention.
+    pub fn attention_window(&self) -> Option<usize> {
+        match self.family() {
+            Family::Mistral => self.sliding_window,
+            _ => None,
         }
     }
 

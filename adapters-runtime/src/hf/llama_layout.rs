@@ -5,7 +5,7 @@
 //! `input_layernorm`, `self_attn.{q,k,v,o}_proj`, `post_attention_layernorm`,
 //! `mlp.{gate,up,down}_proj`, then `model.norm` and `lm_head` (absent when tied).
 
-use crate::hf::llama_config::LlamaConfig;
+use crate::hf::llama_config::{Family, LlamaConfig};
 
 /// The embedding table's module path.
 pub const EMBED_TOKENS: &str = "model.embed_tokens";
@@ -26,6 +26,9 @@ pub struct Projection {
     /// Its name, as PEFT's `target_modules` names it (`q_proj`, …).
     pub name: &'static str,
 }
+
+/// Qwen3's per-head query and key norms, under `self_attn` (`model.layers.N.self_attn.q_norm`).
+pub const QK_NORMS: [&str; 2] = ["q_norm", "k_norm"];
 
 /// The seven projections of every decoder layer, in checkpoint order (what PEFT's `all-linear`
 /// targets in a Llama).
@@ -120,11 +123,18 @@ impl<'a> LlamaLayout<'a> {
         let h = c.hidden_size;
         let q = c.num_attention_heads.checked_mul(c.head_dim())?;
         let kv = c.kv_heads().checked_mul(c.head_dim())?;
-        let (ab, mb, i) = (c.attention_bias, c.mlp_bias, c.intermediate_size);
+        let i = c.intermediate_size;
+        // Biases as each family's transformers class builds them.
+        let (qkv_b, o_b, mb) = match c.family() {
+            Family::Llama => (c.attention_bias, c.attention_bias, c.mlp_bias),
+            Family::Mistral => (false, false, false),
+            Family::Qwen2 => (true, false, false),
+            Family::Qwen3 => (c.attention_bias, c.attention_bias, false),
+        };
         Some(match name {
-            "q_proj" => (h, q, ab),
-            "k_proj" | "v_proj" => (h, kv, ab),
-            "o_proj" => (q, h, ab),
+            "q_proj" => (h, q, qkv_b),
+            "k_proj" | "v_proj" => (h, kv, qkv_b),
+            "o_proj" => (q, h, o_b),
             "gate_proj" | "up_proj" => (h, i, mb),
             "down_proj" => (i, h, mb),
             _ => return None,
@@ -176,11 +186,18 @@ impl<'a> LlamaLayout<'a> {
     /// Parameters of the RMS norms (two per layer and the final one), which are never adapted;
     /// saturates at `usize::MAX` (never for a config that passed [`LlamaConfig::validate`]).
     pub fn norm_params(&self) -> usize {
-        LAYER_NORMS
+        let c = self.config;
+        let hidden = LAYER_NORMS
             .len()
-            .saturating_mul(self.config.num_hidden_layers)
+            .saturating_mul(c.num_hidden_layers)
             .saturating_add(1)
-            .saturating_mul(self.config.hidden_size)
+            .saturating_mul(c.hidden_size);
+        // Qwen3: a query and a key norm over the head width per layer.
+        let per_head = QK_NORMS.len().saturating_mul(c.num_hidden_layers);
+        match c.family() {
+            Family::Qwen3 => hidden.saturating_add(per_head.saturating_mul(c.head_dim())),
+            _ => hidden,
+        }
     }
 
     /// Every tensor of the checkpoint, in checkpoint order.
@@ -197,6 +214,12 @@ impl<'a> LlamaLayout<'a> {
             for norm in LAYER_NORMS {
                 let name = format!("{LAYERS}.{l}.{norm}.weight");
                 out.push(spec(name, vec![h], TensorRole::NormScale));
+            }
+            if c.family() == Family::Qwen3 {
+                for norm in QK_NORMS {
+                    let name = format!("{LAYERS}.{l}.self_attn.{norm}.weight");
+                    out.push(spec(name, vec![c.head_dim()], TensorRole::NormScale));
+                }
             }
             for p in &PROJECTIONS {
                 let (din, dout, bias) = self.projection_dims(p.name).unwrap_or_default();

@@ -7,6 +7,6 @@ pub mod llama_layout;
 pub(crate) mod model_files;
 pub mod model_folder;
 
-pub use llama_config::{LlamaConfig, RopeParameters};
+pub use llama_config::{Family, LlamaConfig, RopeParameters};
 pub use llama_layout::{LlamaLayout, ModuleDims, Projection, TensorRole, TensorSpec};
 pub use model_folder::{save_model_folder, save_model_folder_with, FolderFiles};

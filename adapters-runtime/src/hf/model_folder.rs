@@ -19,8 +19,8 @@ fn torch_dtype(dt: DType) -> &'static str {
     }
 }
 
-/// Writes `tensors` and `config` as an HF Llama folder (`config.json` with `architectures`,
-/// `model_type`, `hidden_act` and `torch_dtype` filled in, and `model.safetensors`), atomically;
+/// Writes `tensors` and `config` as an HF Llama-family folder (`config.json` with the family's
+/// `architectures` and `model_type`, `hidden_act` and `torch_dtype` filled in, and `model.safetensors`), atomically;
 /// `extra` files (e.g. `tokenizer.json`) are copied in. A tensor holding NaN / ±Inf fails with
 /// [`AdapterError::NonFiniteWeights`] naming it, before anything is written.
 pub fn save_model_folder(
@@ -69,11 +69,12 @@ pub fn save_model_folder_with(
     };
     let mut json = serde_json::to_value(config).map_err(json_err)?;
     if let Some(obj) = json.as_object_mut() {
+        let family = config.family();
         obj.insert(
             "architectures".into(),
-            serde_json::json!(["LlamaForCausalLM"]),
+            serde_json::json!([family.architecture()]),
         );
-        obj.insert("model_type".into(), "llama".into());
+        obj.insert("model_type".into(), family.model_type().into());
         obj.insert("hidden_act".into(), "silu".into());
         let dt = tensors.first().map_or(DType::F32, |(_, t)| t.dtype());
         obj.insert("torch_dtype".into(), torch_dtype(dt).into());

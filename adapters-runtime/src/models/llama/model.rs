@@ -8,7 +8,7 @@ use crate::adapter;
 use crate::adapters::FrozenModule;
 use crate::candle_nn::{Embedding, Linear};
 use crate::estimate::QuantFormat;
-use crate::hf::llama_config::LlamaConfig;
+use crate::hf::llama_config::{Family, LlamaConfig};
 use crate::hf::llama_layout::{self as layout, LlamaLayout};
 use crate::layers::{AdaptedEmbedding, AdaptedLinear};
 use crate::nn::ops::{silu, softmax_last_dim};
@@ -111,6 +111,12 @@ pub struct Attention {
     v_proj: Linear,
     #[adapt]
     o_proj: Linear,
+    /// Qwen3's per-head query norm (before RoPE); `None` in the other families.
+    #[frozen]
+    q_norm: Option<RmsNorm>,
+    /// Qwen3's per-head key norm.
+    #[frozen]
+    k_norm: Option<RmsNorm>,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -124,11 +130,20 @@ impl Attention {
         rope: Arc<Rope>,
         load: Load,
     ) -> candle_core::Result<Self> {
+        let qk_norm = |name: &str| -> candle_core::Result<Option<RmsNorm>> {
+            if cfg.family() != Family::Qwen3 {
+                return Ok(None);
+            }
+            let w = vb.pp(name).get(cfg.head_dim(), "weight")?;
+            Ok(Some(RmsNorm::new(w, cfg.rms_norm_eps)))
+        };
         Ok(Self {
             q_proj: projection(cfg, "q_proj", &vb, load)?,
             k_proj: projection(cfg, "k_proj", &vb, load)?,
             v_proj: projection(cfg, "v_proj", &vb, load)?,
             o_proj: projection(cfg, "o_proj", &vb, load)?,
+            q_norm: qk_norm(layout::QK_NORMS[0])?,
+            k_norm: qk_norm(layout::QK_NORMS[1])?,
             n_heads: cfg.num_attention_heads,
             n_kv_heads: cfg.kv_heads(),
             head_dim: cfg.head_dim(),
@@ -143,12 +158,15 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = self
-            .rope
-            .apply(&heads(self.q_proj.forward(x)?, self.n_heads)?)?;
-        let k = self
-            .rope
-            .apply(&heads(self.k_proj.forward(x)?, self.n_kv_heads)?)?;
+        // Qwen3 normalises each head of q and k over its width before RoPE.
+        let norm = |y: Tensor, n: &Option<RmsNorm>| match n {
+            Some(n) => n.forward(&y),
+            None => Ok(y),
+        };
+        let q = heads(self.q_proj.forward(x)?, self.n_heads)?;
+        let q = self.rope.apply(&norm(q, &self.q_norm)?)?;
+        let k = heads(self.k_proj.forward(x)?, self.n_kv_heads)?;
+        let k = self.rope.apply(&norm(k, &self.k_norm)?)?;
         let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
         let (h, kv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let rep = h / kv;
@@ -373,7 +391,7 @@ impl Llama {
     /// (`adapters_runtime::train::causal_lm_loss`).
     pub fn forward_hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (_, t) = ids.dims2()?;
-        let mask = causal_mask(t, self.device())?;
+        let mask = causal_mask(t, self.config.attention_window(), self.device())?;
         let mut h = self.embed_tokens.forward(ids)?;
         for layer in &self.layers {
             h = layer.forward(&h, &mask)?;
@@ -447,6 +465,12 @@ impl Llama {
                     out.push((format!("{path}.bias"), b.clone()));
                 }
             }
+            for (name, norm) in layout::QK_NORMS.iter().zip([&a.q_norm, &a.k_norm]) {
+                if let Some(n) = norm {
+                    let key = format!("{}.{i}.self_attn.{name}.weight", layout::LAYERS);
+                    out.push((key, n.weight().clone()));
+                }
+            }
         }
         out.push((
             format!("{}.weight", layout::FINAL_NORM),
@@ -459,10 +483,13 @@ impl Llama {
     }
 }
 
-/// `[t, t]` additive mask: 0 on and below the diagonal, −∞ above.
-fn causal_mask(t: usize, device: &Device) -> candle_core::Result<Tensor> {
+/// `[t, t]` additive mask: 0 where query `i` sees key `j`, −∞ elsewhere. Causal: `j ≤ i`; with
+/// a `window` (Mistral's sliding window, as transformers masks it) also `j > i − window`, so
+/// each position sees itself and the `window − 1` before it.
+fn causal_mask(t: usize, window: Option<usize>, device: &Device) -> candle_core::Result<Tensor> {
+    let sees = move |i: usize, j: usize| j <= i && window.is_none_or(|w| i - j < w);
     let v: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| (0..t).map(move |j| if sees(i, j) { 0.0 } else { f32::NEG_INFINITY }))
         .collect();
     Tensor::from_vec(v, (t, t), device)
 }
