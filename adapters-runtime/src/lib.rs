@@ -44,7 +44,7 @@ pub mod seed;
 pub mod train;
 
 pub use adapter_config::{AdapterConfig, Init};
-pub use adapters::{Adapters, FrozenModule, LayerSummary, Targets};
+pub use adapters::{Adapters, FrozenModule, LayerSummary, TargetSpec, Targets};
 pub use adapters_macros::adapter;
 pub use candle_core;
 pub use candle_nn;

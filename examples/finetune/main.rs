@@ -30,7 +30,7 @@ use adapters_runtime::train::{
 };
 use adapters_runtime::{
     merge_gguf, save_adapter, AdapterConfig, AdapterError, Adapters, Init, MergeOptions, Method,
-    SaveOptions, Targets,
+    SaveOptions, TargetSpec, Targets,
 };
 use clap::{Parser, ValueEnum};
 use default_model::DefaultLlama;
@@ -86,12 +86,33 @@ struct Args {
     /// Scale by alpha/sqrt(r) (rsLoRA).
     #[arg(long)]
     rslora: bool,
-    /// Comma-separated module names to adapt.
+    /// Modules to adapt, as PEFT's `target_modules`: comma-separated names (a module matches when
+    /// its path is the name or ends with `.name`), or `all-linear` (every linear layer but the
+    /// output layer).
     #[arg(
         long,
         default_value = DEFAULT_TARGETS
     )]
     targets: String,
+    /// `target_modules` as a regular expression matched against whole module paths (instead of
+    /// --targets), e.g. `.*\.(q|v)_proj`.
+    #[arg(long)]
+    target_regex: Option<String>,
+    /// `exclude_modules`: comma-separated names (or, with --exclude-regex, a regular expression).
+    #[arg(long)]
+    exclude: Option<String>,
+    /// Read --exclude as a regular expression matched against whole module paths.
+    #[arg(long)]
+    exclude_regex: bool,
+    /// `layers_to_transform`: comma-separated layer indexes (with name targets).
+    #[arg(long, value_delimiter = ',')]
+    layers: Vec<usize>,
+    /// `rank_pattern`: `PATTERN=R`, repeatable (first match wins, as PEFT).
+    #[arg(long)]
+    rank_pattern: Vec<String>,
+    /// `alpha_pattern`: `PATTERN=ALPHA`, repeatable.
+    #[arg(long)]
+    alpha_pattern: Vec<String>,
     /// Optimizer steps.
     #[arg(long, default_value_t = 400)]
     steps: u64,
@@ -250,13 +271,10 @@ fn run(args: Args) -> Res<()> {
     .batches_in_order()?;
 
     // Adapters, as the flags say.
-    let config = adapter_config(&args)?;
-    let targets = Targets::parse_list(&args.targets);
+    let spec = target_spec(&args)?;
     let varmap = VarMap::new();
     model
-        .attach_adapters_with(&varmap, args.seed, &mut |path, _| {
-            targets.matches(path).then_some(config)
-        })
+        .attach_adapters_matching(&varmap, args.seed, &spec)
         .map_err(|e| format!("--targets `{}`: {e}", args.targets))?;
     // The estimate's storage format: --quant, or the GGUF's when all its projections share one.
     let mut formats = std::collections::BTreeSet::new();
@@ -424,6 +442,55 @@ fn adapter_config(args: &Args) -> Res<AdapterConfig> {
     Ok(cfg)
 }
 
+/// The adapter plan of the flags, with PEFT's targeting semantics.
+fn target_spec(args: &Args) -> Res<TargetSpec> {
+    let mut spec = TargetSpec::new(adapter_config(args)?, &args.targets);
+    if let Some(re) = &args.target_regex {
+        let t = Targets::regex(re).map_err(|e| format!("--target-regex `{re}`: {e}"))?;
+        spec.selection = adapters_runtime::adapters::target_spec::Selection::Modules(t);
+    }
+    spec.exclude = match (&args.exclude, args.exclude_regex) {
+        (Some(e), true) => {
+            Some(Targets::regex(e).map_err(|err| format!("--exclude `{e}`: {err}"))?)
+        }
+        (Some(e), false) => Some(Targets::parse_list(e)),
+        (None, _) => None,
+    };
+    spec.layers_to_transform = (!args.layers.is_empty()).then(|| args.layers.clone());
+    let pairs = |flag: &str, items: &[String]| -> Res<Vec<(String, f64)>> {
+        items
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv
+                    .rsplit_once('=')
+                    .ok_or_else(|| format!("{flag} `{kv}`: expected PATTERN=VALUE"))?;
+                let v: f64 = v
+                    .parse()
+                    .map_err(|_| format!("{flag} `{kv}`: `{v}` is not a number"))?;
+                Ok((k.to_string(), v))
+            })
+            .collect()
+    };
+    let ranks = pairs("--rank-pattern", &args.rank_pattern)?
+        .into_iter()
+        .map(|(k, v)| {
+            if v.fract() != 0.0 || v < 1.0 {
+                return Err(format!(
+                    "--rank-pattern `{k}={v}`: a rank is a positive integer"
+                ));
+            }
+            Ok((k, v as usize))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let alphas = pairs("--alpha-pattern", &args.alpha_pattern)?;
+    spec.patterns = adapters_runtime::adapters::Patterns::from_pairs(
+        "--rank-pattern/--alpha-pattern",
+        &ranks,
+        &alphas,
+    )?;
+    Ok(spec)
+}
+
 /// `(train, eval)` examples: `--data` split 90/10, or the generated shift task (also written to
 /// `OUT/data/` so the format is there to see).
 fn load_data(args: &Args) -> Res<(Vec<Example>, Vec<Example>)> {
@@ -475,10 +542,13 @@ fn report_counts(
     let request = EstimateRequest {
         method: adapter_config(args)?.method,
         rank: args.rank,
-        targets: args
-            .targets
-            .split(',')
-            .map(|t| t.trim().to_string())
+        // The kinds of module actually adapted (whatever flags chose them).
+        targets: model
+            .adapter_layers()?
+            .iter()
+            .map(|l| l.path.rsplit('.').next().unwrap_or(&l.path).to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect(),
         dtype,
         batch_tokens: args.batch * args.seq_len,

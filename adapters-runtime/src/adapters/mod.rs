@@ -4,6 +4,8 @@
 
 pub mod frozen;
 mod gradients;
+pub mod patterns;
+pub mod target_spec;
 pub mod targets;
 #[doc(hidden)]
 pub mod visit;
@@ -19,6 +21,8 @@ use std::collections::HashSet;
 use visit::{check_declared, checkpoint_path, AdapterModel, LayerMut, LayerRef};
 
 pub use frozen::FrozenModule;
+pub use patterns::Patterns;
+pub use target_spec::TargetSpec;
 pub use targets::Targets;
 // A second path to the trait, so that rustc's diagnostics name it `AdapterStruct` rather than by
 // its path through `__private`.
@@ -144,6 +148,27 @@ pub trait Adapters: AdapterModel {
             });
         }
         Ok(())
+    }
+
+    /// Attaches adapters as `spec` selects them, with PEFT 0.21's semantics (`target_modules` as
+    /// names, a regular expression or `all-linear`, `exclude_modules`, `layers_to_transform`,
+    /// `rank_pattern` / `alpha_pattern`; see [`TargetSpec`]). The saved `adapter_config.json`
+    /// names exactly the attached modules, so PEFT selects the same ones on load.
+    fn attach_adapters_matching(
+        &mut self,
+        varmap: &VarMap,
+        seed: u64,
+        spec: &TargetSpec,
+    ) -> Result<()> {
+        let mut embeddings = HashSet::new();
+        self.for_each_layer(&mut |path, l| {
+            if l.is_embedding() {
+                embeddings.insert(path.to_string());
+            }
+        })?;
+        self.attach_adapters_with(varmap, seed, &mut |path, _| {
+            spec.config_for(path, embeddings.contains(path))
+        })
     }
 
     /// Names every adapted layer that has no checkpoint path by its field path (`layers.0.q`), so

@@ -223,7 +223,10 @@ impl LlamaConfig {
         {
             return Err((
                 "use_sliding_window",
-                format!("false ({}'s sliding-window layers are not implemented)", family.model_type()),
+                format!(
+                    "false ({}'s sliding-window layers are not implemented)",
+                    family.model_type()
+                ),
                 "true".into(),
             ));
         }
@@ -358,7 +361,12 @@ impl LlamaConfig {
     /// The family from `model_type` (else `architectures[0]`, else Llama), or why it is not one
     /// this model implements.
     fn family_checked(&self) -> std::result::Result<Family, (&'static str, String, String)> {
-        let expected = || format!("one of {} (the decoders this crate implements)", Family::names());
+        let expected = || {
+            format!(
+                "one of {} (the decoders this crate implements)",
+                Family::names()
+            )
+        };
         if let Some(t) = self.model_type.as_deref() {
             return Family::from_model_type(t)
                 .ok_or_else(|| ("model_type", expected(), format!("`{t}`")));

@@ -15,7 +15,6 @@ pub mod keys;
 pub mod load;
 pub mod merge;
 pub mod merge_gguf;
-pub mod patterns;
 pub mod peft_config;
 pub mod save;
 

@@ -2,10 +2,10 @@
 //! as PEFT writes them).
 
 use crate::adapter_config::{AdapterConfig, Init};
+use crate::adapters::patterns::Patterns;
 use crate::adapters::targets::Targets;
 use crate::error::{AdapterError, Result};
 use crate::estimate::Method;
-use crate::peft::patterns::Patterns;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 use std::path::Path;

@@ -13,8 +13,13 @@ pub struct Patterns {
     alpha: Vec<(Regex, f64)>,
 }
 
+/// PEFT's pattern form: `(.*\.)?(pattern)$` from the start of the module path.
+fn pattern_regex(pattern: &str) -> std::result::Result<Regex, regex::Error> {
+    Regex::new(&format!(r"^(?:.*\.)?(?:{pattern})$"))
+}
+
 fn compile(path: &Path, field: &str, pattern: &str) -> Result<Regex> {
-    Regex::new(&format!(r"^(?:.*\.)?(?:{pattern})$")).map_err(|e| AdapterError::Config {
+    pattern_regex(pattern).map_err(|e| AdapterError::Config {
         path: path.into(),
         field: format!("{field}[{pattern:?}]"),
         expected: "a regular expression".into(),
@@ -50,6 +55,36 @@ impl Patterns {
                 .filter(|a| a.is_finite() && *a > 0.0)
                 .ok_or_else(|| bad("alpha_pattern", k, "a positive number", v))?;
             out.alpha.push((compile(path, "alpha_pattern", k)?, a));
+        }
+        Ok(out)
+    }
+
+    /// Patterns given at run time (e.g. `finetune --rank-pattern o_proj=16`), in order; a bad
+    /// regular expression is an [`AdapterError::InvalidArgument`] naming `source`.
+    pub fn from_pairs(
+        source: &str,
+        rank: &[(String, usize)],
+        alpha: &[(String, f64)],
+    ) -> Result<Self> {
+        let bad = |what: &str, k: &str, e: String| AdapterError::InvalidArgument {
+            name: format!("{source} ({what})"),
+            expected: "regular expressions and positive values".into(),
+            actual: format!("{k:?}: {e}"),
+        };
+        let mut out = Patterns::default();
+        for (k, r) in rank {
+            if *r == 0 {
+                return Err(bad("rank", k, "rank 0".into()));
+            }
+            let re = pattern_regex(k).map_err(|e| bad("rank", k, e.to_string()))?;
+            out.rank.push((re, *r));
+        }
+        for (k, a) in alpha {
+            if !(a.is_finite() && *a > 0.0) {
+                return Err(bad("alpha", k, format!("alpha {a}")));
+            }
+            let re = pattern_regex(k).map_err(|e| bad("alpha", k, e.to_string()))?;
+            out.alpha.push((re, *a));
         }
         Ok(out)
     }
