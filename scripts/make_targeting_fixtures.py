@@ -216,6 +216,8 @@ def run_case(model_key, spec, use_dora, save_config=False, num_layers=None):
                 rec["ranks"][name] = int(mod.r["default"])
                 rec["alphas"][name] = mod.lora_alpha["default"]
         rec["modules"].sort()
+        rec["ranks"] = dict(sorted(rec["ranks"].items()))
+        rec["alphas"] = dict(sorted(rec["alphas"].items()))
         assert rec["modules"] == sorted(pm.base_model.targeted_module_names), (
             rec["modules"], pm.base_model.targeted_module_names)
         tr, tot = pm.get_nb_trainable_parameters()

@@ -160,6 +160,7 @@ pub trait Adapters: AdapterModel {
         seed: u64,
         spec: &TargetSpec,
     ) -> Result<()> {
+        spec.validate()?;
         let mut embeddings = HashSet::new();
         self.for_each_layer(&mut |path, l| {
             if l.is_embedding() {

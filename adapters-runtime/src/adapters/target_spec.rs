@@ -5,11 +5,10 @@
 //! * Names: a module is targeted when its path equals a name, or ends with `.` + name. Only then
 //!   do `layers_to_transform` apply (PEFT checks them after a suffix match, not after an exact
 //!   one): the layer index is the number after `.<layers_pattern>.` (any component when no
-//!   pattern is given: `.*\.[^.]*\.(\d+)\.`), and a module without one is not targeted.
-//! * A regular expression must match the whole path (`re.fullmatch`); `layers_to_transform` do
-//!   not apply.
-//! * `all-linear`: every linear layer except the output layer (`lm_head`), by exact path — so
-//!   `layers_to_transform` do not apply either (PEFT expands it to exact names).
+//!   pattern is given: the first number after two components), and a module without one is not
+//!   targeted. With a regular expression or `all-linear` they are an error, as in PEFT.
+//! * A regular expression must match the whole path (`re.fullmatch`).
+//! * `all-linear` (any case): every linear layer except the output layer (`lm_head`).
 //! * `exclude_modules` (names or a regular expression, the same matching) removes modules.
 //! * `rank_pattern` / `alpha_pattern`: the first pattern `p` for which `(.*\.)?(p)$` matches the
 //!   path from its start gives that module's `r` / `lora_alpha`.
@@ -49,7 +48,7 @@ impl TargetSpec {
     /// Every module named in `targets` (a comma-separated list; `all-linear` for every linear
     /// layer but the output layer) gets `config`.
     pub fn new(config: AdapterConfig, targets: &str) -> Self {
-        let selection = if targets.trim() == "all-linear" {
+        let selection = if targets.trim().eq_ignore_ascii_case("all-linear") {
             Selection::AllLinear
         } else {
             Selection::Modules(Targets::parse_list(targets))
@@ -62,6 +61,30 @@ impl TargetSpec {
             layers_pattern: Vec::new(),
             patterns: Patterns::default(),
         }
+    }
+
+    /// Checks what PEFT's `LoraConfig` refuses: `layers_to_transform` / `layers_pattern` with a
+    /// regular expression or `all-linear` (they only filter name targets), and a bad
+    /// `layers_pattern` expression.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        let layered = self.layers_to_transform.is_some() || !self.layers_pattern.is_empty();
+        let named = matches!(self.selection, Selection::Modules(Targets::Names(_)));
+        if layered && !named {
+            return Err(crate::error::AdapterError::InvalidArgument {
+                name: "layers_to_transform".into(),
+                expected: "name targets (PEFT refuses it with a regular expression or all-linear)"
+                    .into(),
+                actual: format!("{:?}", self.layers_to_transform),
+            });
+        }
+        for p in &self.layers_pattern {
+            Regex::new(p).map_err(|e| crate::error::AdapterError::InvalidArgument {
+                name: "layers_pattern".into(),
+                expected: "a regular expression".into(),
+                actual: format!("{p:?}: {e}"),
+            })?;
+        }
+        Ok(())
     }
 
     /// The configuration of the module at `path` (`embedding`: whether it is an embedding), or
@@ -96,12 +119,14 @@ impl TargetSpec {
         let Some(keep) = self.layers_to_transform.as_ref().filter(|l| !l.is_empty()) else {
             return true;
         };
+        // PEFT's expressions, `re.match`ed (anchored at the start): the first number that
+        // follows two components, or the one after `.<pattern>.`.
         let patterns: Vec<String> = if self.layers_pattern.is_empty() {
-            vec![r"^.*\.[^.]*\.(\d+)\.".into()]
+            vec![r"^.*?\.[^.]*\.(\d+)\.".into()]
         } else {
             self.layers_pattern
                 .iter()
-                .map(|p| format!(r"^.*\.{p}\.(\d+)\."))
+                .map(|p| format!(r"^(?:|.*?\.){p}\.(\d+)\."))
                 .collect()
         };
         let index = patterns.iter().find_map(|p| {
