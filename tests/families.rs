@@ -229,3 +229,64 @@ fn unsupported_configs_are_refused() {
         }
     }
 }
+
+/// With `FAMILIES_ROUNDTRIP_OUT=DIR` set, writes for each family an adapter we trained (4 DoRA
+/// steps on every projection), our adapted logits and our merged checkpoint, for
+/// `scripts/families_roundtrip.py` to load with transformers + PEFT (not run by CI).
+#[test]
+fn export_for_python_peft() {
+    let Some(out) = std::env::var_os("FAMILIES_ROUNDTRIP_OUT") else {
+        return;
+    };
+    let out = PathBuf::from(out);
+    for (case, _) in CASES {
+        let io = io(case);
+        let all = ids(&io);
+        let (b, t) = all.dims2().unwrap();
+        let batch = adapters_runtime::train::Batch {
+            input_ids: all.narrow(1, 0, t - 1).unwrap(),
+            targets: all.narrow(1, 1, t - 1).unwrap(),
+            loss_mask: Tensor::ones((b, t - 1), DType::F32, &test_device()).unwrap(),
+            tokens: b * (t - 1),
+            target_tokens: b * (t - 1),
+        };
+        let mut m = model(case);
+        let varmap = VarMap::new();
+        let spec = adapters_runtime::TargetSpec::new(
+            adapters_runtime::AdapterConfig {
+                method: adapters_runtime::Method::Dora,
+                rank: 4,
+                alpha: 8.0,
+                dropout: 0.0,
+                rslora: false,
+                init: adapters_runtime::Init::Kaiming,
+            },
+            "all-linear",
+        );
+        m.attach_adapters_matching(&varmap, 7, &spec).unwrap();
+        common::train_four_steps(&m, &batch, 5e-2, case);
+        let dir = out.join(case);
+        adapters_runtime::save_adapter(&m, dir.join("adapter"), &Default::default()).unwrap();
+        let logits = m.forward(&all).unwrap();
+        adapters_runtime::candle_core::safetensors::save(
+            &HashMap::from([
+                ("input_ids".to_string(), io["input_ids"].clone()),
+                ("logits".to_string(), logits),
+            ]),
+            dir.join("ours.safetensors"),
+        )
+        .unwrap();
+        adapters_runtime::hf::save_model_folder(
+            &dir.join("merged"),
+            m.config(),
+            &m.base_tensors(true).unwrap(),
+            &[],
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("model_dir"),
+            case_dir(case).join("model").to_str().unwrap(),
+        )
+        .unwrap();
+    }
+}
