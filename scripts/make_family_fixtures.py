@@ -1,4 +1,5 @@
-"""Golden fixtures for more model families: Qwen2 (tied and untied), Qwen3, Mistral (sliding window).
+"""Golden fixtures for more model families: Qwen2 (tied and untied), Qwen3, Mistral (sliding window),
+Gemma2 (soft-capping, (1 + w) norms, sandwich norms, alternating sliding layers).
 
 Each supported case is a folder tests/fixtures/families/<name>/:
   model/              save_pretrained output of a tiny random transformers model (config.json + model.safetensors)
@@ -41,6 +42,11 @@ SEQ = (2, 12)
 R, ALPHA = 4, 8
 TOL_MERGED = 1e-5      # reload(merged.safetensors) vs logits_adapter, max abs
 TOL_REF = 2e-4         # float64 reference vs float32 transformers, max abs (logits are O(1..10))
+# Gemma2 case: small caps so the tanh soft-capping visibly bends scores and logits
+GEMMA2 = dict(query_pre_attn_scalar=24, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+              sliding_window=4, hidden_activation="gelu_pytorch_tanh", attention_bias=False)
+GEMMA2_ROPE_THETA = 10000.0
+GEMMA2_EMBED_STD = 0.1
 
 
 def log(*a):
@@ -61,10 +67,14 @@ def make_config(family, tie, sliding_window=None):
         return transformers.Qwen3Config(**common, attention_bias=False, use_sliding_window=False)
     if family == "mistral":
         return transformers.MistralConfig(**common, sliding_window=sliding_window)
+    if family == "gemma2":   # layer_types left to Gemma2Config's default: [sliding, full, sliding, ...]
+        common["rope_parameters"] = {"rope_type": "default", "rope_theta": GEMMA2_ROPE_THETA}
+        return transformers.Gemma2Config(**common, **dict(GEMMA2, sliding_window=sliding_window))
     raise ValueError(family)
 
 
-CLASSES = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "mistral": "MistralForCausalLM"}
+CLASSES = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "mistral": "MistralForCausalLM",
+           "gemma2": "Gemma2ForCausalLM"}
 
 
 def build(family, cfg, attn="eager"):
@@ -74,18 +84,22 @@ def build(family, cfg, attn="eager"):
     return m
 
 
-def randomize(model, gen):
+def randomize(model, gen, zero_centred_norms=False, embed_std=0.25):
     """Re-draw every parameter so each term is visible in the logits: linear weights N(0, 1/in),
-    embeddings 0.25 N(0, 1), norm weights 1 + 0.1 N(0,1), biases 0.1 N(0,1)."""
+    embeddings 0.25 N(0, 1), norm weights 1 + 0.1 N(0,1), biases 0.1 N(0,1).
+    zero_centred_norms (Gemma2, whose RMSNorm multiplies by (1 + w)): norm weights 0.1 N(0,1).
+    embed_std: Gemma2 uses 0.1 (tied head: 0.25 drives the pre-cap logits to |13| and saturates the final cap)."""
     with torch.no_grad():
         for n, p in model.named_parameters():   # tied lm_head is not listed separately
             z = torch.randn(p.shape, generator=gen)
-            if n.endswith("norm.weight"):
+            if n.endswith("norm.weight") and zero_centred_norms:
+                p.copy_(0.1 * z)
+            elif n.endswith("norm.weight"):
                 p.copy_(1.0 + 0.1 * z)
             elif n.endswith(".bias"):
                 p.copy_(0.1 * z)
             elif "embed_tokens" in n:
-                p.copy_(0.25 * z)   # tied lm_head: logits ~ 0.25 * sqrt(64) = O(2)
+                p.copy_(embed_std * z)   # tied lm_head: logits ~ embed_std * sqrt(64) = O(1..2)
             elif p.dim() == 2:
                 p.copy_(z / math.sqrt(p.shape[1]))
             else:
@@ -162,6 +176,78 @@ def ref_forward(sd, family, cfg, ids, window=None, window_inclusive=False, qk_no
     return x @ head.T
 
 
+def ref_forward_gemma2(sd, cfg, ids, window=None, window_inclusive=False, sliding_layers=None, attn_cap="cfg",
+                       final_cap="cfg", scaling=None, norm_one_plus=True, embed_scale=True, softcap_after_mask=False,
+                       gelu_tanh=True, post_norms=True):
+    """float64 Gemma2 forward from the README formulas (sd: HF key names; lm_head tied to embed_tokens).
+    sliding_layers: indices of the sliding layers (default: from cfg.layer_types). The other keyword arguments
+    are deliberate mistakes, only to show that the goldens tell them apart."""
+    f = {k: v.double() for k, v in sd.items()}
+    H, KV, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    eps, theta = cfg.rms_norm_eps, cfg.rope_parameters["rope_theta"]
+    acap = cfg.attn_logit_softcapping if attn_cap == "cfg" else attn_cap
+    fcap = cfg.final_logit_softcapping if final_cap == "cfg" else final_cap
+    scale = cfg.query_pre_attn_scalar ** -0.5 if scaling is None else scaling
+    if sliding_layers is None:
+        sliding_layers = [l for l, t in enumerate(cfg.layer_types) if t == "sliding_attention"]
+    B, T = ids.shape
+
+    def rms(x, w):   # Gemma2RMSNorm: x / sqrt(mean(x^2) + eps) * (1 + w)
+        return (1.0 + w if norm_one_plus else w) * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+    def lin(x, pre):
+        return x @ f[pre + ".weight"].T
+
+    def cap(s, c):
+        return s if c is None else c * torch.tanh(s / c)
+
+    inv = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]
+    cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
+
+    def rope(x):
+        x1, x2 = x[..., : D // 2], x[..., D // 2:]
+        return x * cos[None, :, None, :] + torch.cat([-x2, x1], -1) * sin[None, :, None, :]
+
+    i = torch.arange(T)[:, None]
+    j = torch.arange(T)[None, :]
+    causal = j <= i
+    win = causal & ((j >= i - window) if window_inclusive else (j > i - window)) if window is not None else causal
+    neg = torch.finfo(torch.float32).min
+
+    def act(g):
+        if gelu_tanh:
+            return 0.5 * g * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (g + 0.044715 * g.pow(3))))
+        return torch.nn.functional.gelu(g)   # exact erf GELU (mistake)
+
+    E = f["model.embed_tokens.weight"]
+    x = E[ids] * (math.sqrt(cfg.hidden_size) if embed_scale else 1.0)
+    for l in range(cfg.num_hidden_layers):
+        p = f"model.layers.{l}."
+        visible = win if l in sliding_layers else causal
+        h = rms(x, f[p + "input_layernorm.weight"])
+        q = rope(lin(h, p + "self_attn.q_proj").view(B, T, H, D))
+        k = rope(lin(h, p + "self_attn.k_proj").view(B, T, KV, D))
+        v = lin(h, p + "self_attn.v_proj").view(B, T, KV, D)
+        rep = H // KV
+        k = k.repeat_interleave(rep, dim=2)
+        v = v.repeat_interleave(rep, dim=2)
+        s = torch.einsum("bihd,bjhd->bhij", q, k) * scale
+        if softcap_after_mask:
+            s = cap(s + torch.where(visible, 0.0, neg), acap)
+        else:
+            s = cap(s, acap) + torch.where(visible, 0.0, neg)   # eager: cap, then add the additive mask
+        a = torch.einsum("bhij,bjhd->bihd", s.softmax(-1), v).reshape(B, T, H * D)
+        o = lin(a, p + "self_attn.o_proj")
+        x = x + (rms(o, f[p + "post_attention_layernorm.weight"]) if post_norms else o)
+        h = rms(x, f[p + "pre_feedforward_layernorm.weight"])
+        m = lin(act(lin(h, p + "mlp.gate_proj")) * lin(h, p + "mlp.up_proj"), p + "mlp.down_proj")
+        x = x + (rms(m, f[p + "post_feedforward_layernorm.weight"]) if post_norms else m)
+    x = rms(x, f["model.norm.weight"])
+    head = f["lm_head.weight"] if "lm_head.weight" in f else E
+    return cap(x @ head.T, fcap)
+
+
 def ref_merge(base_sd, adapter_sd, scaling):
     """Merged DoRA weight (m / ||W0 + s B A||_row) * (W0 + s B A); biases untouched."""
     out = dict(base_sd)
@@ -179,6 +265,55 @@ def ref_merge(base_sd, adapter_sd, scaling):
 
 def maxdiff(a, b):
     return (a.double() - b.double()).abs().max().item()
+
+
+def gemma2_checks(base, base_sd, cfg, ids, logits_base, W, figs):
+    """Gemma2: each Gemma2-specific term moves the logits (transformers with the term switched off, and
+    deliberate mistakes fed to the float64 reference)."""
+    def variant(**changes):
+        c = copy.deepcopy(cfg)
+        for k, v in changes.items():
+            setattr(c, k, v)
+        m = build("gemma2", c)
+        m.load_state_dict(base.state_dict())
+        return logits_of(m, ids)
+
+    def bigger(key, value, floor=1e-2):
+        figs[key] = value
+        assert value > floor, (key, value)
+
+    no_attn_cap = variant(attn_logit_softcapping=None)
+    no_final_cap = variant(final_logit_softcapping=None)
+    no_caps = variant(attn_logit_softcapping=None, final_logit_softcapping=None)
+    bigger("attn_softcap_None_vs_base", maxdiff(no_attn_cap, logits_base))
+    bigger("final_softcap_None_vs_base", maxdiff(no_final_cap, logits_base))
+    bigger("both_softcaps_None_vs_base", maxdiff(no_caps, logits_base))
+    figs["final_softcap_None_max_abs_logit"] = no_final_cap.abs().max().item()
+    figs["base_max_abs_logit"] = logits_base.abs().max().item()
+    figs["base_logit_std"] = logits_base.std().item()
+    # the reference with the caps off reproduces transformers with the caps off
+    figs["ref64_no_caps_vs_transformers_no_caps"] = maxdiff(
+        ref_forward_gemma2(base_sd, cfg, ids, window=W, attn_cap=None, final_cap=None), no_caps)
+    assert figs["ref64_no_caps_vs_transformers_no_caps"] < TOL_REF, figs
+    full = variant(layer_types=["full_attention"] * cfg.num_hidden_layers)
+    bigger("all_layers_full_attention_vs_base", maxdiff(full, logits_base))
+    figs["all_layers_full_attention_vs_base_first_W_positions"] = maxdiff(full[:, :W], logits_base[:, :W])
+    assert figs["all_layers_full_attention_vs_base_first_W_positions"] == 0.0, figs
+    bigger("both_layers_sliding_vs_base", maxdiff(
+        variant(layer_types=["sliding_attention"] * cfg.num_hidden_layers), logits_base))
+    r = lambda **kw: maxdiff(ref_forward_gemma2(base_sd, cfg, ids, **dict(dict(window=W), **kw)), logits_base)
+    bigger("ref_scaling_head_dim_vs_base", r(scaling=cfg.head_dim ** -0.5))
+    bigger("ref_norm_w_instead_of_1_plus_w_vs_base", r(norm_one_plus=False))
+    bigger("ref_no_embed_scale_vs_base", r(embed_scale=False))
+    bigger("ref_attn_softcap_after_mask_vs_base", r(softcap_after_mask=True))
+    bigger("ref_gelu_erf_instead_of_tanh_vs_base", r(gelu_tanh=False), floor=1e-4)
+    bigger("ref_without_post_norms_vs_base", r(post_norms=False))
+    bigger("ref_window_j_ge_i_minus_W_vs_base", r(window_inclusive=True))
+    bigger("ref_sliding_on_layer_1_instead_of_0_vs_base", r(sliding_layers=[1]))
+    rope_alt = copy.deepcopy(cfg)
+    rope_alt.rope_parameters = dict(cfg.rope_parameters, rope_theta=50000.0)
+    bigger("ref_theta_50000_vs_base", maxdiff(ref_forward_gemma2(base_sd, rope_alt, ids, window=W), logits_base),
+           floor=1e-3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,7 +371,10 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
 
     cfg = make_config(family, tie, sliding_window)
     base = build(family, cfg)
-    randomize(base, gen)
+    if family == "gemma2":
+        randomize(base, gen, zero_centred_norms=True, embed_std=GEMMA2_EMBED_STD)
+    else:
+        randomize(base, gen)
     if tie:
         assert base.lm_head.weight is base.model.embed_tokens.weight
     model_dir = os.path.join(d, "model")
@@ -257,7 +395,10 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
     figs = {}
     fresh = getattr(transformers, CLASSES[family]).from_pretrained(
         model_dir, attn_implementation="eager", dtype=torch.float32).eval()
-    assert "sliding_attention" not in (getattr(fresh.config, "layer_types", None) or [])
+    if family == "gemma2":
+        assert fresh.config.layer_types == ["sliding_attention", "full_attention"], fresh.config.layer_types
+    else:
+        assert "sliding_attention" not in (getattr(fresh.config, "layer_types", None) or [])
     figs["reload_vs_base"] = maxdiff(logits_of(fresh, ids), logits_base)
     assert figs["reload_vs_base"] == 0.0, figs
     if family in ("qwen2", "qwen3"):
@@ -271,12 +412,16 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
         legacy.load_state_dict(base.state_dict())
         figs["config_without_layer_types_vs_base"] = maxdiff(logits_of(legacy, ids), logits_base)
         assert figs["config_without_layer_types_vs_base"] == 0.0
-    sdpa = getattr(transformers, CLASSES[family]).from_pretrained(
-        model_dir, attn_implementation="sdpa", dtype=torch.float32).eval()
-    figs["sdpa_vs_eager"] = maxdiff(logits_of(sdpa, ids), logits_base)
+    if family != "gemma2":   # Gemma2 refuses sdpa (_supports_sdpa = False: no soft-capping in sdpa)
+        sdpa = getattr(transformers, CLASSES[family]).from_pretrained(
+            model_dir, attn_implementation="sdpa", dtype=torch.float32).eval()
+        figs["sdpa_vs_eager"] = maxdiff(logits_of(sdpa, ids), logits_base)
     with torch.no_grad():
         figs["use_cache_true_vs_false"] = maxdiff(base(input_ids=ids, use_cache=True).logits, logits_base)
-    ref = ref_forward(base_sd, family, cfg, ids, window=sliding_window)
+    if family == "gemma2":
+        ref = ref_forward_gemma2(base_sd, cfg, ids, window=sliding_window)
+    else:
+        ref = ref_forward(base_sd, family, cfg, ids, window=sliding_window)
     figs["ref64_vs_base"] = maxdiff(ref, logits_base)
     assert figs["ref64_vs_base"] < TOL_REF, figs
     if family == "qwen2":
@@ -306,11 +451,14 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
         # positions before the window first bites (i < W) agree with full attention
         figs["sliding_window_None_vs_base_first_W_positions"] = maxdiff(
             logits_of(nowin, ids)[:, :sliding_window], logits_base[:, :sliding_window])
-    rope_alt = copy.deepcopy(cfg)
-    rope_alt.rope_parameters = dict(cfg.rope_parameters, rope_theta=10000.0)
-    figs["ref_theta_10000_vs_base"] = maxdiff(ref_forward(base_sd, family, rope_alt, ids, window=sliding_window),
-                                              logits_base)
-    assert figs["ref_theta_10000_vs_base"] > 1e-3
+    if family == "gemma2":
+        gemma2_checks(base, base_sd, cfg, ids, logits_base, sliding_window, figs)
+    else:
+        rope_alt = copy.deepcopy(cfg)
+        rope_alt.rope_parameters = dict(cfg.rope_parameters, rope_theta=10000.0)
+        figs["ref_theta_10000_vs_base"] = maxdiff(ref_forward(base_sd, family, rope_alt, ids, window=sliding_window),
+                                                  logits_base)
+        assert figs["ref_theta_10000_vs_base"] > 1e-3
 
     # ---- DoRA adapter
     base_params = sum(p.numel() for p in base.parameters())
@@ -383,8 +531,12 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
         assert fresh3.lm_head.weight is fresh3.model.embed_tokens.weight
     figs["merged_reload_vs_adapter"] = maxdiff(logits_of(fresh3, ids), logits_adapter)
     assert figs["merged_reload_vs_adapter"] < TOL_MERGED, figs
-    figs["ref64_on_merged_vs_adapter"] = maxdiff(ref_forward(msd, family, cfg, ids, window=sliding_window),
-                                                 logits_adapter)
+    if family == "gemma2":
+        figs["ref64_on_merged_vs_adapter"] = maxdiff(ref_forward_gemma2(msd, cfg, ids, window=sliding_window),
+                                                     logits_adapter)
+    else:
+        figs["ref64_on_merged_vs_adapter"] = maxdiff(ref_forward(msd, family, cfg, ids, window=sliding_window),
+                                                     logits_adapter)
     assert figs["ref64_on_merged_vs_adapter"] < TOL_REF, figs
 
     for k, v in figs.items():
@@ -395,7 +547,8 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
         "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
         "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings",
         "rms_norm_eps", "rope_parameters", "tie_word_embeddings", "attention_bias", "use_sliding_window",
-        "sliding_window", "max_window_layers", "layer_types") if k in saved_cfg}
+        "sliding_window", "max_window_layers", "layer_types", "query_pre_attn_scalar", "attn_logit_softcapping",
+        "final_logit_softcapping", "hidden_activation") if k in saved_cfg}
     meta = dict(
         name=name, family=family, transformers_class=CLASSES[family], config=highlights,
         semantics={
@@ -406,6 +559,17 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
                      "config.json is IGNORED because use_sliding_window=false.",
             "mistral": f"Llama-like, no biases; causal sliding window W={sliding_window} on every layer: query i "
                        "sees key j iff j <= i and j > i - W (the W most recent positions, itself included).",
+            "gemma2": "x = embed[ids] * sqrt(hidden) (f32 tensor cast to the weight dtype; 8.0 here). "
+                      "RMSNorm(x; w) = (x_f32 / sqrt(mean(x_f32^2) + eps)) * (1 + w_f32), cast back. Layer: "
+                      "x += post_attention_layernorm(attn(input_layernorm(x))); "
+                      "x += post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x))). Attention scores = "
+                      "q.k * query_pre_attn_scalar**-0.5 (24**-0.5, not head_dim**-0.5), then "
+                      "attn_logit_softcapping * tanh(s / attn_logit_softcapping), THEN the additive mask, then "
+                      "softmax. MLP: down(gelu_tanh(gate(h)) * up(h)). logits = final_logit_softcapping * "
+                      "tanh((norm(x) @ embed_tokens.weight^T) / final_logit_softcapping) (tied, no lm_head.weight "
+                      f"stored). layer_types = [sliding_attention, full_attention] (Gemma2Config default: layer i is "
+                      f"sliding iff i is even); the sliding layer 0 uses W={sliding_window}: query i sees key j iff "
+                      "j <= i and j > i - W; layer 1 is plain causal. No biases; rope default, theta 10000.",
         }[family],
         adapter=dict(kind="dora", r=R, lora_alpha=ALPHA, scaling=scaling, target_modules="all-linear",
                      target_modules_saved=saved_targets, targeted_modules=targeted,
@@ -515,6 +679,7 @@ def main():
     make_case(out, "qwen2_untied", "qwen2", seed + 1, tie=False)
     make_case(out, "qwen3", "qwen3", seed + 2, tie=False)
     make_case(out, "mistral", "mistral", seed + 3, tie=False, sliding_window=4)
+    make_case(out, "gemma2", "gemma2", seed + 4, tie=True, sliding_window=GEMMA2["sliding_window"])
     make_unsupported(out)
     total = 0
     for root, _, files in os.walk(out):

@@ -1,4 +1,5 @@
-//! Model families beyond Llama — Qwen2 (tied and untied), Qwen3, Mistral with a sliding window —
+//! Model families beyond Llama — Qwen2 (tied and untied), Qwen3, Mistral with a sliding window,
+//! Gemma 2 (soft-capping, (1 + w) norms, GeGLU, alternating sliding layers) —
 //! against transformers and PEFT goldens (`scripts/make_family_fixtures.py`,
 //! `tests/fixtures/families/`): base and adapted logits, adapter gradients, PEFT's trainable
 //! count, merged weights; and families this model does not implement refused by name.
@@ -14,11 +15,12 @@ use common::{assert_close, fixtures_root, test_device};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-const CASES: [(&str, Family); 4] = [
+const CASES: [(&str, Family); 5] = [
     ("qwen2_tied", Family::Qwen2),
     ("qwen2_untied", Family::Qwen2),
     ("qwen3", Family::Qwen3),
     ("mistral", Family::Mistral),
+    ("gemma2", Family::Gemma2),
 ];
 
 fn case_dir(case: &str) -> PathBuf {
@@ -210,7 +212,6 @@ fn every_family_trains() {
 fn unsupported_configs_are_refused() {
     let dir = fixtures_root().join("families/unsupported");
     for (name, field) in [
-        ("gemma2", "model_type"),
         ("phi3", "model_type"),
         ("llama_yarn_rope_scaling", "rope_type"),
         ("llama_yarn_rope_parameters", "rope_type"),
@@ -223,7 +224,7 @@ fn unsupported_configs_are_refused() {
         assert!(err.contains(field), "{name}: {err}");
         if field == "model_type" {
             assert!(
-                err.contains("llama, mistral, qwen2, qwen3"),
+                err.contains("llama, mistral, qwen2, qwen3, gemma2"),
                 "{name}: {err}"
             );
         }

@@ -231,6 +231,11 @@ pub fn llama_config(file: &GgufFile) -> Result<LlamaConfig> {
         hidden_act: None,
         sliding_window: None,
         use_sliding_window: None,
+        hidden_activation: None,
+        query_pre_attn_scalar: None,
+        attn_logit_softcapping: None,
+        final_logit_softcapping: None,
+        layer_types: None,
     };
     if let Some(d) = file.get_usize(&key("rope.dimension_count"))? {
         if d != cfg.head_dim() {

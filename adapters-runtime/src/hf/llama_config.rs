@@ -92,6 +92,27 @@ pub struct LlamaConfig {
     /// Qwen2 / Qwen3's switch for sliding-window attention (not implemented: `true` is refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_sliding_window: Option<bool>,
+    /// Gemma 2's MLP activation (`gelu_pytorch_tanh`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_activation: Option<String>,
+    /// Gemma 2: queries are scaled by `query_pre_attn_scalar^-1/2` (default 256; written as an
+    /// integer when whole, as transformers' config class expects).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "integer_if_whole"
+    )]
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Gemma 2: attention scores become `cap · tanh(scores / cap)` before the mask (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_logit_softcapping: Option<f64>,
+    /// Gemma 2: logits become `cap · tanh(logits / cap)` (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_logit_softcapping: Option<f64>,
+    /// Per layer `full_attention` or `sliding_attention` (Gemma 2: alternating, the first
+    /// sliding, when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
 }
 
 /// The decoders this model implements: Llama and the families that differ from it only in ways
@@ -107,11 +128,22 @@ pub enum Family {
     /// `Qwen3ForCausalLM`: per-head RMSNorm of queries and keys (`q_norm`, `k_norm`) before
     /// RoPE; biases on q, k, v and o where `attention_bias` says.
     Qwen3,
+    /// `Gemma2ForCausalLM`: RMSNorm with `(1 + w)`, four norms per layer (post-attention and
+    /// pre/post-MLP), embeddings scaled by `√hidden`, GeGLU (tanh GELU), queries scaled by
+    /// `query_pre_attn_scalar^-1/2`, soft-capped attention scores and logits, sliding-window
+    /// attention on the layers `layer_types` names (every other one, from the first).
+    Gemma2,
 }
 
 impl Family {
     /// Every family, in the order messages list them.
-    pub const ALL: [Family; 4] = [Family::Llama, Family::Mistral, Family::Qwen2, Family::Qwen3];
+    pub const ALL: [Family; 5] = [
+        Family::Llama,
+        Family::Mistral,
+        Family::Qwen2,
+        Family::Qwen3,
+        Family::Gemma2,
+    ];
 
     /// The `model_type` of its `config.json`.
     pub const fn model_type(self) -> &'static str {
@@ -120,6 +152,7 @@ impl Family {
             Family::Mistral => "mistral",
             Family::Qwen2 => "qwen2",
             Family::Qwen3 => "qwen3",
+            Family::Gemma2 => "gemma2",
         }
     }
 
@@ -130,6 +163,7 @@ impl Family {
             Family::Mistral => "MistralForCausalLM",
             Family::Qwen2 => "Qwen2ForCausalLM",
             Family::Qwen3 => "Qwen3ForCausalLM",
+            Family::Gemma2 => "Gemma2ForCausalLM",
         }
     }
 
@@ -166,6 +200,14 @@ pub const MAX_POSITIONS: usize = 1 << 26;
 pub const MAX_ATTENTION_WIDTH: usize = 1 << 20;
 /// Bound on the elements of one weight matrix (`vocab_size × hidden_size`, …): 2^40.
 pub const MAX_TENSOR_ELEMENTS: usize = 1 << 40;
+
+/// A whole number as a JSON integer (`24`, not `24.0`), else as a float.
+fn integer_if_whole<S: serde::Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => s.serialize_some(&(*x as i64)),
+        other => other.serialize(s),
+    }
+}
 
 fn default_eps() -> f64 {
     1e-6
@@ -214,9 +256,58 @@ impl LlamaConfig {
     /// `(field, expected, actual)`.
     pub fn validate(&self) -> std::result::Result<(), (&'static str, String, String)> {
         let family = self.family_checked()?;
-        if let Some(act) = self.hidden_act.as_deref() {
-            if act != "silu" {
-                return Err(("hidden_act", "`silu`".into(), format!("`{act}`")));
+        match family {
+            Family::Gemma2 => {
+                let act = self
+                    .hidden_activation
+                    .as_deref()
+                    .or(self.hidden_act.as_deref());
+                if let Some(act) = act.filter(|a| *a != "gelu_pytorch_tanh") {
+                    return Err((
+                        "hidden_activation",
+                        "`gelu_pytorch_tanh`".into(),
+                        format!("`{act}`"),
+                    ));
+                }
+                for (field, v) in [
+                    ("query_pre_attn_scalar", self.query_pre_attn_scalar),
+                    ("attn_logit_softcapping", self.attn_logit_softcapping),
+                    ("final_logit_softcapping", self.final_logit_softcapping),
+                ] {
+                    if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                        return Err((field, "finite and > 0".into(), v.to_string()));
+                    }
+                }
+            }
+            _ => {
+                if let Some(act) = self.hidden_act.as_deref().filter(|a| *a != "silu") {
+                    return Err(("hidden_act", "`silu`".into(), format!("`{act}`")));
+                }
+            }
+        }
+        if let Some(types) = &self.layer_types {
+            if types.len() != self.num_hidden_layers {
+                return Err((
+                    "layer_types",
+                    format!("{} entries (num_hidden_layers)", self.num_hidden_layers),
+                    types.len().to_string(),
+                ));
+            }
+            let sliding_ok = family == Family::Gemma2;
+            if let Some(bad) = types
+                .iter()
+                .find(|t| !(*t == "full_attention" || (sliding_ok && *t == "sliding_attention")))
+            {
+                return Err((
+                    "layer_types",
+                    if sliding_ok {
+                        "`full_attention` or `sliding_attention` entries".into()
+                    } else {
+                        "`full_attention` entries (this family's sliding layers are not implemented)"
+                            .into()
+                    },
+                    format!("`{bad}`"),
+                ));
             }
         }
         if matches!(family, Family::Qwen2 | Family::Qwen3) && self.use_sliding_window == Some(true)
@@ -389,11 +480,28 @@ impl LlamaConfig {
         self.family_checked().unwrap_or(Family::Llama)
     }
 
-    /// The attention window (Mistral's `sliding_window`), `None` for full causal attention.
-    pub fn attention_window(&self) -> Option<usize> {
+    /// The attention window of decoder layer `layer` (Mistral's `sliding_window` on every layer,
+    /// Gemma 2's on its `sliding_attention` layers, default 4096), `None` for full causal
+    /// attention.
+    pub fn attention_window(&self, layer: usize) -> Option<usize> {
         match self.family() {
             Family::Mistral => self.sliding_window,
+            Family::Gemma2 => {
+                let sliding = match &self.layer_types {
+                    Some(t) => t.get(layer).is_some_and(|t| t == "sliding_attention"),
+                    None => layer % 2 == 0,
+                };
+                sliding.then_some(self.sliding_window.unwrap_or(4096))
+            }
             _ => None,
+        }
+    }
+
+    /// The norms' weight offset: Gemma's RMSNorm scales by `1 + w`, the others by `w`.
+    pub fn norm_offset(&self) -> f64 {
+        match self.family() {
+            Family::Gemma2 => 1.0,
+            _ => 0.0,
         }
     }
 

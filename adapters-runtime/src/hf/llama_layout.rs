@@ -27,6 +27,10 @@ pub struct Projection {
     pub name: &'static str,
 }
 
+/// Gemma 2's two further norms of each layer, around the MLP (its `post_attention_layernorm`
+/// normalises the attention output instead of the MLP input).
+pub const GEMMA_MLP_NORMS: [&str; 2] = ["pre_feedforward_layernorm", "post_feedforward_layernorm"];
+
 /// Qwen3's per-head query and key norms, under `self_attn` (`model.layers.N.self_attn.q_norm`).
 pub const QK_NORMS: [&str; 2] = ["q_norm", "k_norm"];
 
@@ -129,7 +133,7 @@ impl<'a> LlamaLayout<'a> {
             Family::Llama => (c.attention_bias, c.attention_bias, c.mlp_bias),
             Family::Mistral => (false, false, false),
             Family::Qwen2 => (true, false, false),
-            Family::Qwen3 => (c.attention_bias, c.attention_bias, false),
+            Family::Qwen3 | Family::Gemma2 => (c.attention_bias, c.attention_bias, false),
         };
         Some(match name {
             "q_proj" => (h, q, qkv_b),
@@ -196,6 +200,12 @@ impl<'a> LlamaLayout<'a> {
         let per_head = QK_NORMS.len().saturating_mul(c.num_hidden_layers);
         match c.family() {
             Family::Qwen3 => hidden.saturating_add(per_head.saturating_mul(c.head_dim())),
+            Family::Gemma2 => hidden.saturating_add(
+                GEMMA_MLP_NORMS
+                    .len()
+                    .saturating_mul(c.num_hidden_layers)
+                    .saturating_mul(c.hidden_size),
+            ),
             _ => hidden,
         }
     }
@@ -214,6 +224,12 @@ impl<'a> LlamaLayout<'a> {
             for norm in LAYER_NORMS {
                 let name = format!("{LAYERS}.{l}.{norm}.weight");
                 out.push(spec(name, vec![h], TensorRole::NormScale));
+            }
+            if c.family() == Family::Gemma2 {
+                for norm in GEMMA_MLP_NORMS {
+                    let name = format!("{LAYERS}.{l}.{norm}.weight");
+                    out.push(spec(name, vec![h], TensorRole::NormScale));
+                }
             }
             if c.family() == Family::Qwen3 {
                 for norm in QK_NORMS {

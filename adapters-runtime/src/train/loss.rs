@@ -119,9 +119,14 @@ pub fn causal_lm_loss(
 }
 
 /// The training loss of a [`Llama`] on a batch: [`causal_lm_loss`] through its frozen head, or
-/// [`masked_cross_entropy`] of its logits when the head trains.
+/// [`masked_cross_entropy`] of its logits when the head trains or the logits are soft-capped
+/// (Gemma 2).
 pub fn llama_loss(model: &Llama, batch: &Batch) -> Result<Tensor> {
-    match model.head_weight() {
+    // Soft-capped logits (Gemma 2) need the logits themselves.
+    let head = model
+        .head_weight()
+        .filter(|_| model.logit_softcap().is_none());
+    match head {
         Some(head) => causal_lm_loss(
             &model.forward_hidden(&batch.input_ids)?,
             head,

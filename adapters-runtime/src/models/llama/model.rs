@@ -120,6 +120,10 @@ pub struct Attention {
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    /// The query scale: `1/√head_dim`, Gemma 2's `query_pre_attn_scalar^-1/2`.
+    q_scale: f64,
+    /// Gemma 2's attention soft-capping.
+    softcap: Option<f64>,
     rope: Arc<Rope>,
 }
 
@@ -147,6 +151,14 @@ impl Attention {
             n_heads: cfg.num_attention_heads,
             n_kv_heads: cfg.kv_heads(),
             head_dim: cfg.head_dim(),
+            q_scale: match cfg.family() {
+                Family::Gemma2 => 1.0 / cfg.query_pre_attn_scalar.unwrap_or(256.0).sqrt(),
+                _ => 1.0 / (cfg.head_dim() as f64).sqrt(),
+            },
+            softcap: match cfg.family() {
+                Family::Gemma2 => Some(cfg.attn_logit_softcapping.unwrap_or(50.0)),
+                _ => None,
+            },
             rope,
         })
     }
@@ -172,7 +184,7 @@ impl Attention {
         let rep = h / kv;
         // The 1/√d scale on q ([b, h, t, d]) rather than on the [b, h, t, t] scores: one fewer
         // t × t buffer kept for the backward pass.
-        let q = (q * (1.0 / (d as f64).sqrt()))?;
+        let q = (q * self.q_scale)?;
         // Grouped-query attention without repeating k and v: the `rep` query heads that share a
         // key/value head are adjacent, so q as [b, kv, rep·t, d] multiplies that head's k and v
         // directly (the same dot products as repeated heads, no [b, h, t, d] copies of k and v).
@@ -180,7 +192,13 @@ impl Attention {
             .reshape((b, kv, rep * t, d))?
             .matmul(&k.t()?)?
             .reshape((b, h, t, t))?;
-        let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
+        let scores = scores.to_dtype(DType::F32)?;
+        // Gemma 2: cap · tanh(scores / cap), before the mask.
+        let scores = match self.softcap {
+            Some(cap) => ((scores / cap)?.tanh()? * cap)?,
+            None => scores,
+        };
+        let scores = scores.broadcast_add(mask)?;
         let probs = softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let out = probs
             .reshape((b, kv, rep * t, t))?
@@ -201,6 +219,8 @@ pub struct Mlp {
     up_proj: Linear,
     #[adapt]
     down_proj: Linear,
+    /// GeGLU (Gemma 2: the tanh GELU) instead of SwiGLU.
+    gelu: bool,
 }
 
 impl Mlp {
@@ -209,11 +229,17 @@ impl Mlp {
             gate_proj: projection(cfg, "gate_proj", &vb, load)?,
             up_proj: projection(cfg, "up_proj", &vb, load)?,
             down_proj: projection(cfg, "down_proj", &vb, load)?,
+            gelu: cfg.family() == Family::Gemma2,
         })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = silu(&self.gate_proj.forward(x)?)?;
+        let gate = self.gate_proj.forward(x)?;
+        let gate = if self.gelu {
+            gate.gelu()?
+        } else {
+            silu(&gate)?
+        };
         self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
     }
 }
@@ -227,38 +253,69 @@ pub struct Block {
     self_attn: Attention,
     #[frozen]
     post_attention_layernorm: RmsNorm,
+    /// Gemma 2's norm of the MLP input (its `post_attention_layernorm` normalises the attention
+    /// output instead).
+    #[frozen]
+    pre_feedforward_layernorm: Option<RmsNorm>,
+    /// Gemma 2's norm of the MLP output.
+    #[frozen]
+    post_feedforward_layernorm: Option<RmsNorm>,
     #[nested]
     mlp: Mlp,
+    /// The attention window of this layer (`None`: full causal attention).
+    window: Option<usize>,
 }
 
 impl Block {
     fn load(
         cfg: &LlamaConfig,
         vb: VarBuilder,
+        layer: usize,
         rope: Arc<Rope>,
         load: Load,
     ) -> candle_core::Result<Self> {
-        let norm = |name: &str| -> candle_core::Result<RmsNorm> {
-            Ok(RmsNorm::new(
-                vb.pp(name).get(cfg.hidden_size, "weight")?,
-                cfg.rms_norm_eps,
-            ))
+        let norm = |name: &str| family_norm(cfg, vb.pp(name).get(cfg.hidden_size, "weight")?);
+        let gemma = cfg.family() == Family::Gemma2;
+        let gemma_norm = |name: &str| -> candle_core::Result<Option<RmsNorm>> {
+            if gemma {
+                norm(name).map(Some)
+            } else {
+                Ok(None)
+            }
         };
         Ok(Self {
             input_layernorm: norm(layout::LAYER_NORMS[0])?,
             self_attn: Attention::load(cfg, vb.pp("self_attn"), rope, load)?,
             post_attention_layernorm: norm(layout::LAYER_NORMS[1])?,
+            pre_feedforward_layernorm: gemma_norm(layout::GEMMA_MLP_NORMS[0])?,
+            post_feedforward_layernorm: gemma_norm(layout::GEMMA_MLP_NORMS[1])?,
             mlp: Mlp::load(cfg, vb.pp("mlp"), load)?,
+            window: cfg.attention_window(layer),
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let h = (x + self
+    fn forward(&self, x: &Tensor, masks: &Masks) -> candle_core::Result<Tensor> {
+        let mask = masks.get(self.window);
+        let attn = self
             .self_attn
-            .forward(&self.input_layernorm.forward(x)?, mask)?)?;
-        &h + self
-            .mlp
-            .forward(&self.post_attention_layernorm.forward(&h)?)?
+            .forward(&self.input_layernorm.forward(x)?, mask)?;
+        match (
+            &self.pre_feedforward_layernorm,
+            &self.post_feedforward_layernorm,
+        ) {
+            // Gemma 2: norms after attention and around the MLP.
+            (Some(pre), Some(post)) => {
+                let h = (x + self.post_attention_layernorm.forward(&attn)?)?;
+                let m = self.mlp.forward(&pre.forward(&h)?)?;
+                &h + post.forward(&m)?
+            }
+            _ => {
+                let h = (x + attn)?;
+                &h + self
+                    .mlp
+                    .forward(&self.post_attention_layernorm.forward(&h)?)?
+            }
+        }
     }
 }
 
@@ -335,12 +392,12 @@ impl Llama {
         }
         .with_path(layout::EMBED_TOKENS);
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Block::load(cfg, vb.pp(layout::LAYERS).pp(i), rope.clone(), load))
+            .map(|i| Block::load(cfg, vb.pp(layout::LAYERS).pp(i), i, rope.clone(), load))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let norm = RmsNorm::new(
+        let norm = family_norm(
+            cfg,
             vb.pp(layout::FINAL_NORM).get(cfg.hidden_size, "weight")?,
-            cfg.rms_norm_eps,
-        );
+        )?;
         let lm_head = if cfg.tie_word_embeddings {
             LmHead::Tied
         } else {
@@ -382,7 +439,21 @@ impl Llama {
     /// Logits `[batch, seq, vocab]` for `ids [batch, seq]` (causal attention).
     pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.forward_hidden(ids)?;
-        self.project(&h)
+        let logits = self.project(&h)?;
+        match self.logit_softcap() {
+            // Gemma 2: cap · tanh(logits / cap).
+            Some(cap) => (logits / cap)?.tanh()? * cap,
+            None => Ok(logits),
+        }
+    }
+
+    /// Gemma 2's final logit soft-capping, `None` for the other families (a loss through the
+    /// frozen head without the logits, `train::causal_lm_loss`, cannot apply it).
+    pub fn logit_softcap(&self) -> Option<f64> {
+        match self.config.family() {
+            Family::Gemma2 => Some(self.config.final_logit_softcapping.unwrap_or(30.0)),
+            _ => None,
+        }
     }
 
     /// The final-normed hidden states `[batch, seq, hidden]` for `ids [batch, seq]`: what the
@@ -391,10 +462,16 @@ impl Llama {
     /// (`adapters_runtime::train::causal_lm_loss`).
     pub fn forward_hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (_, t) = ids.dims2()?;
-        let mask = causal_mask(t, self.config.attention_window(), self.device())?;
+        let masks = Masks::new(t, self.layers.iter().find_map(|l| l.window), self.device())?;
         let mut h = self.embed_tokens.forward(ids)?;
+        if self.config.family() == Family::Gemma2 {
+            // Gemma: embeddings times √hidden, the factor rounded to the activation dtype.
+            let normalizer = Tensor::new((self.config.hidden_size as f64).sqrt(), h.device())?
+                .to_dtype(h.dtype())?;
+            h = h.broadcast_mul(&normalizer)?;
+        }
         for layer in &self.layers {
-            h = layer.forward(&h, &mask)?;
+            h = layer.forward(&h, &masks)?;
         }
         self.norm.forward(&h)
     }
@@ -437,11 +514,26 @@ impl Llama {
             self.embed_tokens.embeddings().clone()
         };
         out.push((format!("{}.weight", layout::EMBED_TOKENS), emb));
+        // Norm weights as the checkpoint stores them (Gemma: w, not the 1 + w used).
+        let offset = self.config.norm_offset();
+        let stored = |n: &RmsNorm| -> crate::Result<Tensor> {
+            Ok(if offset != 0.0 {
+                (n.weight() - offset)?
+            } else {
+                n.weight().clone()
+            })
+        };
         for (i, l) in self.layers.iter().enumerate() {
             let norms = [&l.input_layernorm, &l.post_attention_layernorm];
             for (name, norm) in layout::LAYER_NORMS.iter().zip(norms) {
                 let key = format!("{}.{i}.{name}.weight", layout::LAYERS);
-                out.push((key, norm.weight().clone()));
+                out.push((key, stored(norm)?));
+            }
+            let extra = [&l.pre_feedforward_layernorm, &l.post_feedforward_layernorm];
+            for (name, norm) in layout::GEMMA_MLP_NORMS.iter().zip(extra) {
+                if let Some(n) = norm {
+                    out.push((format!("{}.{i}.{name}.weight", layout::LAYERS), stored(n)?));
+                }
             }
             let (a, m) = (&l.self_attn, &l.mlp);
             let linears = [
@@ -474,13 +566,45 @@ impl Llama {
         }
         out.push((
             format!("{}.weight", layout::FINAL_NORM),
-            self.norm.weight().clone(),
+            stored(&self.norm)?,
         ));
         if let LmHead::Untied(w) = &self.lm_head {
             out.push((format!("{}.weight", layout::LM_HEAD), w.clone()));
         }
         Ok(out)
     }
+}
+
+/// The causal mask, and the sliding-window one when a layer has a window.
+struct Masks {
+    full: Tensor,
+    sliding: Option<Tensor>,
+}
+
+impl Masks {
+    fn new(t: usize, window: Option<usize>, device: &Device) -> candle_core::Result<Self> {
+        Ok(Self {
+            full: causal_mask(t, None, device)?,
+            sliding: window
+                .map(|w| causal_mask(t, Some(w), device))
+                .transpose()?,
+        })
+    }
+
+    /// The mask of a layer with `window` (all windowed layers of a model share one size).
+    fn get(&self, window: Option<usize>) -> &Tensor {
+        match (window, &self.sliding) {
+            (Some(_), Some(m)) => m,
+            _ => &self.full,
+        }
+    }
+}
+
+/// A norm of the model's family: Gemma's scale `1 + w` is stored as the weight.
+fn family_norm(cfg: &LlamaConfig, w: Tensor) -> candle_core::Result<RmsNorm> {
+    let offset = cfg.norm_offset();
+    let w = if offset != 0.0 { (w + offset)? } else { w };
+    Ok(RmsNorm::new(w, cfg.rms_norm_eps))
 }
 
 /// `[t, t]` additive mask: 0 where query `i` sees key `j`, −∞ elsewhere. Causal: `j ≤ i`; with
