@@ -489,7 +489,7 @@ impl LlamaConfig {
             Family::Gemma2 => {
                 let sliding = match &self.layer_types {
                     Some(t) => t.get(layer).is_some_and(|t| t == "sliding_attention"),
-                    None => layer % 2 == 0,
+                    None => layer.is_multiple_of(2),
                 };
                 sliding.then_some(self.sliding_window.unwrap_or(4096))
             }
