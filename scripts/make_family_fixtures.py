@@ -1,5 +1,6 @@
 """Golden fixtures for more model families: Qwen2 (tied and untied), Qwen3, Mistral (sliding window),
-Gemma2 (soft-capping, (1 + w) norms, sandwich norms, alternating sliding layers).
+Gemma2 (soft-capping, (1 + w) norms, sandwich norms, alternating sliding layers),
+Gemma3 text (q_norm/k_norm, a different rope base for sliding and full layers, 2 sliding : 1 full).
 
 Each supported case is a folder tests/fixtures/families/<name>/:
   model/              save_pretrained output of a tiny random transformers model (config.json + model.safetensors)
@@ -47,6 +48,13 @@ GEMMA2 = dict(query_pre_attn_scalar=24, attn_logit_softcapping=5.0, final_logit_
               sliding_window=4, hidden_activation="gelu_pytorch_tanh", attention_bias=False)
 GEMMA2_ROPE_THETA = 10000.0
 GEMMA2_EMBED_STD = 0.1
+# Gemma3 text case: 3 layers, sliding_window_pattern 3 -> layer_types [sliding, sliding, full]; rope base 10000 on
+# the sliding (local) layers, 50000 on the full (global) layer; no soft-capping (Gemma3TextConfig defaults: None)
+GEMMA3 = dict(query_pre_attn_scalar=24, sliding_window=4, hidden_activation="gelu_pytorch_tanh", attention_bias=False,
+              sliding_window_pattern=3, num_hidden_layers=3)
+GEMMA3_ROPE = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+               "full_attention": {"rope_type": "default", "rope_theta": 50000.0}}
+GEMMA3_EMBED_STD = 0.1
 
 
 def log(*a):
@@ -70,11 +78,15 @@ def make_config(family, tie, sliding_window=None):
     if family == "gemma2":   # layer_types left to Gemma2Config's default: [sliding, full, sliding, ...]
         common["rope_parameters"] = {"rope_type": "default", "rope_theta": GEMMA2_ROPE_THETA}
         return transformers.Gemma2Config(**common, **dict(GEMMA2, sliding_window=sliding_window))
+    if family == "gemma3":   # text-only Gemma3TextConfig (model_type gemma3_text); rope_parameters per layer type
+        common["rope_parameters"] = copy.deepcopy(GEMMA3_ROPE)
+        common.update(GEMMA3, sliding_window=sliding_window)
+        return transformers.Gemma3TextConfig(**common)
     raise ValueError(family)
 
 
 CLASSES = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "mistral": "MistralForCausalLM",
-           "gemma2": "Gemma2ForCausalLM"}
+           "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM"}
 
 
 def build(family, cfg, attn="eager"):
@@ -248,6 +260,93 @@ def ref_forward_gemma2(sd, cfg, ids, window=None, window_inclusive=False, slidin
     return cap(x @ head.T, fcap)
 
 
+def ref_forward_gemma3(sd, cfg, ids, window=None, window_inclusive=False, sliding_layers=None, theta_local=None,
+                       theta_global=None, qk_norm="before_rope", qk_norm_one_plus=True, scaling=None,
+                       norm_one_plus=True, embed_scale=True, gelu_tanh=True, post_norms=True, attn_cap=None,
+                       final_cap="cfg"):
+    """float64 Gemma3 text forward from the README formulas (sd: HF key names; lm_head tied to embed_tokens).
+    sliding_layers: default from cfg.layer_types. theta_local / theta_global: default from
+    cfg.rope_parameters[sliding_attention / full_attention]. qk_norm: "before_rope" (transformers), "after_rope"
+    or None (skipped). attn_cap: Gemma3 never applies attention soft-capping, so any value is a deliberate mistake,
+    as are the other keyword arguments."""
+    f = {k: v.double() for k, v in sd.items()}
+    H, KV, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    eps = cfg.rms_norm_eps
+    th = {"sliding_attention": cfg.rope_parameters["sliding_attention"]["rope_theta"] if theta_local is None
+          else theta_local,
+          "full_attention": cfg.rope_parameters["full_attention"]["rope_theta"] if theta_global is None
+          else theta_global}
+    fcap = cfg.final_logit_softcapping if final_cap == "cfg" else final_cap
+    scale = cfg.query_pre_attn_scalar ** -0.5 if scaling is None else scaling
+    if sliding_layers is None:
+        sliding_layers = [l for l, t in enumerate(cfg.layer_types) if t == "sliding_attention"]
+    B, T = ids.shape
+
+    def rms(x, w, one_plus=True):   # Gemma3RMSNorm: x / sqrt(mean(x^2) + eps) * (1 + w)
+        return (1.0 + w if one_plus else w) * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+    def lin(x, pre):
+        return x @ f[pre + ".weight"].T
+
+    def cap(s, c):
+        return s if c is None else c * torch.tanh(s / c)
+
+    def rope_tables(theta):
+        inv = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
+        ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]
+        return torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
+
+    tables = {t: rope_tables(v) for t, v in th.items()}
+
+    def rope(x, cs):
+        cos, sin = cs
+        x1, x2 = x[..., : D // 2], x[..., D // 2:]
+        return x * cos[None, :, None, :] + torch.cat([-x2, x1], -1) * sin[None, :, None, :]
+
+    i = torch.arange(T)[:, None]
+    j = torch.arange(T)[None, :]
+    causal = j <= i
+    win = causal & ((j >= i - window) if window_inclusive else (j > i - window)) if window is not None else causal
+    neg = torch.finfo(torch.float32).min
+
+    def act(g):
+        if gelu_tanh:
+            return 0.5 * g * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (g + 0.044715 * g.pow(3))))
+        return torch.nn.functional.gelu(g)
+
+    E = f["model.embed_tokens.weight"]
+    x = E[ids] * (math.sqrt(cfg.hidden_size) if embed_scale else 1.0)
+    for l in range(cfg.num_hidden_layers):
+        p = f"model.layers.{l}."
+        sliding = l in sliding_layers
+        visible = win if sliding else causal
+        cs = tables["sliding_attention" if sliding else "full_attention"]
+        h = rms(x, f[p + "input_layernorm.weight"], norm_one_plus)
+        q = lin(h, p + "self_attn.q_proj").view(B, T, H, D)
+        k = lin(h, p + "self_attn.k_proj").view(B, T, KV, D)
+        v = lin(h, p + "self_attn.v_proj").view(B, T, KV, D)
+        if qk_norm == "before_rope":
+            q = rms(q, f[p + "self_attn.q_norm.weight"], qk_norm_one_plus)
+            k = rms(k, f[p + "self_attn.k_norm.weight"], qk_norm_one_plus)
+        q, k = rope(q, cs), rope(k, cs)
+        if qk_norm == "after_rope":
+            q = rms(q, f[p + "self_attn.q_norm.weight"], qk_norm_one_plus)
+            k = rms(k, f[p + "self_attn.k_norm.weight"], qk_norm_one_plus)
+        rep = H // KV
+        k = k.repeat_interleave(rep, dim=2)
+        v = v.repeat_interleave(rep, dim=2)
+        s = cap(torch.einsum("bihd,bjhd->bhij", q, k) * scale, attn_cap) + torch.where(visible, 0.0, neg)
+        a = torch.einsum("bhij,bjhd->bihd", s.softmax(-1), v).reshape(B, T, H * D)
+        o = lin(a, p + "self_attn.o_proj")
+        x = x + (rms(o, f[p + "post_attention_layernorm.weight"], norm_one_plus) if post_norms else o)
+        h = rms(x, f[p + "pre_feedforward_layernorm.weight"], norm_one_plus)
+        m = lin(act(lin(h, p + "mlp.gate_proj")) * lin(h, p + "mlp.up_proj"), p + "mlp.down_proj")
+        x = x + (rms(m, f[p + "post_feedforward_layernorm.weight"], norm_one_plus) if post_norms else m)
+    x = rms(x, f["model.norm.weight"], norm_one_plus)
+    head = f["lm_head.weight"] if "lm_head.weight" in f else E
+    return cap(x @ head.T, fcap)
+
+
 def ref_merge(base_sd, adapter_sd, scaling):
     """Merged DoRA weight (m / ||W0 + s B A||_row) * (W0 + s B A); biases untouched."""
     out = dict(base_sd)
@@ -316,6 +415,106 @@ def gemma2_checks(base, base_sd, cfg, ids, logits_base, W, figs):
            floor=1e-3)
 
 
+def gemma3_checks(base, base_sd, cfg, ids, logits_base, W, model_dir, figs):
+    """Gemma3 text: each Gemma3-specific term moves the logits (transformers with the term changed, and deliberate
+    mistakes fed to the float64 reference); config spellings transformers treats as equivalent give 0."""
+    def variant(**changes):
+        c = copy.deepcopy(cfg)
+        for k, v in changes.items():
+            setattr(c, k, v)
+        m = build("gemma3", c)
+        m.load_state_dict(base.state_dict())
+        return logits_of(m, ids)
+
+    def bigger(key, value, floor=1e-2):
+        figs[key] = value
+        assert value > floor, (key, value)
+
+    def same(key, value):
+        figs[key] = value
+        assert value == 0.0, (key, value)
+
+    figs["base_max_abs_logit"] = logits_base.abs().max().item()
+    figs["base_logit_std"] = logits_base.std().item()
+    # rope base per layer type
+    rp = copy.deepcopy(cfg.rope_parameters)
+    rp["sliding_attention"]["rope_theta"] = rp["full_attention"]["rope_theta"]
+    bigger("local_rope_theta_50000_like_global_vs_base", maxdiff(variant(rope_parameters=rp), logits_base), 1e-3)
+    rp = copy.deepcopy(cfg.rope_parameters)
+    rp["full_attention"]["rope_theta"] = rp["sliding_attention"]["rope_theta"]
+    bigger("global_rope_theta_10000_like_local_vs_base", maxdiff(variant(rope_parameters=rp), logits_base), 1e-3)
+    r = lambda **kw: maxdiff(ref_forward_gemma3(base_sd, cfg, ids, **dict(dict(window=W), **kw)), logits_base)
+    bigger("ref_local_theta_equal_global_vs_base", r(theta_local=cfg.rope_parameters["full_attention"]["rope_theta"]),
+           1e-3)
+    bigger("ref_global_theta_equal_local_vs_base", r(theta_global=cfg.rope_parameters["sliding_attention"]["rope_theta"]),
+           1e-3)
+    bigger("ref_global_theta_1e6_default_vs_base", r(theta_global=1e6), 1e-3)
+    bigger("ref_rope_thetas_swapped_vs_base", r(theta_local=cfg.rope_parameters["full_attention"]["rope_theta"],
+                                                theta_global=cfg.rope_parameters["sliding_attention"]["rope_theta"]),
+           1e-3)
+    # q_norm / k_norm
+    bigger("ref_qk_norm_skipped_vs_base", r(qk_norm=None))
+    bigger("ref_qk_norm_after_rope_vs_base", r(qk_norm="after_rope"))
+    bigger("ref_qk_norm_w_instead_of_1_plus_w_vs_base", r(qk_norm_one_plus=False))
+    alt = dict(base_sd)
+    for k in alt:
+        if k.endswith("q_norm.weight") or k.endswith("k_norm.weight"):
+            alt[k] = torch.zeros_like(alt[k])
+    bigger("ref_qk_norm_weights_zero_vs_base", maxdiff(ref_forward_gemma3(alt, cfg, ids, window=W), logits_base))
+    # the rest of the Gemma2-like terms
+    bigger("ref_scaling_head_dim_vs_base", r(scaling=cfg.head_dim ** -0.5))
+    bigger("ref_norm_w_instead_of_1_plus_w_vs_base", r(norm_one_plus=False))
+    bigger("ref_no_embed_scale_vs_base", r(embed_scale=False))
+    bigger("ref_gelu_erf_instead_of_tanh_vs_base", r(gelu_tanh=False), floor=1e-4)
+    bigger("ref_without_post_norms_vs_base", r(post_norms=False))
+    bigger("ref_window_j_ge_i_minus_W_vs_base", r(window_inclusive=True))
+    bigger("ref_sliding_on_layer_2_only_vs_base", r(sliding_layers=[2]))
+    bigger("ref_sliding_on_layers_0_2_gemma2_pattern_vs_base", r(sliding_layers=[0, 2]))
+    bigger("ref_attn_softcap_5_applied_vs_base", r(attn_cap=5.0))
+    bigger("ref_final_softcap_3_applied_vs_base", r(final_cap=3.0))
+    # layer types
+    full = variant(layer_types=["full_attention"] * cfg.num_hidden_layers)
+    bigger("all_layers_full_attention_vs_base", maxdiff(full, logits_base))
+    bigger("all_layers_sliding_attention_vs_base",
+           maxdiff(variant(layer_types=["sliding_attention"] * cfg.num_hidden_layers), logits_base))
+    # soft-capping: settable in the config; attn_logit_softcapping is never passed to the attention function
+    same("transformers_attn_logit_softcapping_5_vs_base", maxdiff(variant(attn_logit_softcapping=5.0), logits_base))
+    capped = variant(final_logit_softcapping=3.0)
+    bigger("transformers_final_logit_softcapping_3_vs_base", maxdiff(capped, logits_base))
+    figs["ref64_final_cap_3_vs_transformers_final_cap_3"] = maxdiff(
+        ref_forward_gemma3(base_sd, cfg, ids, window=W, final_cap=3.0), capped)
+    assert figs["ref64_final_cap_3_vs_transformers_final_cap_3"] < TOL_REF, figs
+    # equivalent config spellings (reload from an edited config.json, same weights)
+    with open(os.path.join(model_dir, "config.json")) as fh:
+        cd = json.load(fh)
+
+    def reload_from(d):
+        c = transformers.Gemma3TextConfig.from_dict(d)
+        m = build("gemma3", c)
+        m.load_state_dict(base.state_dict())
+        return c, logits_of(m, ids)
+
+    legacy = {k: v for k, v in cd.items() if k not in ("rope_parameters",)}
+    legacy.update(rope_theta=cfg.rope_parameters["full_attention"]["rope_theta"],
+                  rope_local_base_freq=cfg.rope_parameters["sliding_attention"]["rope_theta"])
+    lc, ll = reload_from(legacy)
+    assert lc.rope_parameters == cfg.rope_parameters, lc.rope_parameters
+    same("config_legacy_rope_theta_and_rope_local_base_freq_vs_base", maxdiff(ll, logits_base))
+    nolt = {k: v for k, v in cd.items() if k != "layer_types"}
+    lc, ll = reload_from(nolt)
+    assert lc.layer_types == cfg.layer_types, lc.layer_types
+    same("config_without_layer_types_pattern_3_vs_base", maxdiff(ll, logits_base))
+    nopat = {k: v for k, v in cd.items() if k not in ("layer_types", "sliding_window_pattern", "_sliding_window_pattern")}
+    lc, ll = reload_from(nopat)
+    assert lc.layer_types == ["sliding_attention"] * 3, lc.layer_types
+    bigger("config_without_layer_types_and_pattern_default_6_all_sliding_vs_base", maxdiff(ll, logits_base))
+    norp = {k: v for k, v in cd.items() if k != "rope_parameters"}
+    lc, ll = reload_from(norp)
+    assert lc.rope_parameters == {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                  "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}, lc.rope_parameters
+    bigger("config_without_rope_parameters_defaults_10000_1e6_vs_base", maxdiff(ll, logits_base), 1e-3)
+
+
 # --------------------------------------------------------------------------------------------
 # one supported case
 # --------------------------------------------------------------------------------------------
@@ -373,6 +572,8 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
     base = build(family, cfg)
     if family == "gemma2":
         randomize(base, gen, zero_centred_norms=True, embed_std=GEMMA2_EMBED_STD)
+    elif family == "gemma3":
+        randomize(base, gen, zero_centred_norms=True, embed_std=GEMMA3_EMBED_STD)
     else:
         randomize(base, gen)
     if tie:
@@ -397,6 +598,10 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
         model_dir, attn_implementation="eager", dtype=torch.float32).eval()
     if family == "gemma2":
         assert fresh.config.layer_types == ["sliding_attention", "full_attention"], fresh.config.layer_types
+    elif family == "gemma3":
+        assert fresh.config.layer_types == ["sliding_attention", "sliding_attention", "full_attention"], \
+            fresh.config.layer_types
+        assert fresh.config.rope_parameters == GEMMA3_ROPE, fresh.config.rope_parameters
     else:
         assert "sliding_attention" not in (getattr(fresh.config, "layer_types", None) or [])
     figs["reload_vs_base"] = maxdiff(logits_of(fresh, ids), logits_base)
@@ -420,6 +625,8 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
         figs["use_cache_true_vs_false"] = maxdiff(base(input_ids=ids, use_cache=True).logits, logits_base)
     if family == "gemma2":
         ref = ref_forward_gemma2(base_sd, cfg, ids, window=sliding_window)
+    elif family == "gemma3":
+        ref = ref_forward_gemma3(base_sd, cfg, ids, window=sliding_window)
     else:
         ref = ref_forward(base_sd, family, cfg, ids, window=sliding_window)
     figs["ref64_vs_base"] = maxdiff(ref, logits_base)
@@ -453,6 +660,8 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
             logits_of(nowin, ids)[:, :sliding_window], logits_base[:, :sliding_window])
     if family == "gemma2":
         gemma2_checks(base, base_sd, cfg, ids, logits_base, sliding_window, figs)
+    elif family == "gemma3":
+        gemma3_checks(base, base_sd, cfg, ids, logits_base, sliding_window, model_dir, figs)
     else:
         rope_alt = copy.deepcopy(cfg)
         rope_alt.rope_parameters = dict(cfg.rope_parameters, rope_theta=10000.0)
@@ -534,6 +743,9 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
     if family == "gemma2":
         figs["ref64_on_merged_vs_adapter"] = maxdiff(ref_forward_gemma2(msd, cfg, ids, window=sliding_window),
                                                      logits_adapter)
+    elif family == "gemma3":
+        figs["ref64_on_merged_vs_adapter"] = maxdiff(ref_forward_gemma3(msd, cfg, ids, window=sliding_window),
+                                                     logits_adapter)
     else:
         figs["ref64_on_merged_vs_adapter"] = maxdiff(ref_forward(msd, family, cfg, ids, window=sliding_window),
                                                      logits_adapter)
@@ -548,7 +760,7 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
         "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings",
         "rms_norm_eps", "rope_parameters", "tie_word_embeddings", "attention_bias", "use_sliding_window",
         "sliding_window", "max_window_layers", "layer_types", "query_pre_attn_scalar", "attn_logit_softcapping",
-        "final_logit_softcapping", "hidden_activation") if k in saved_cfg}
+        "final_logit_softcapping", "hidden_activation", "sliding_window_pattern") if k in saved_cfg}
     meta = dict(
         name=name, family=family, transformers_class=CLASSES[family], config=highlights,
         semantics={
@@ -570,6 +782,17 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
                       f"stored). layer_types = [sliding_attention, full_attention] (Gemma2Config default: layer i is "
                       f"sliding iff i is even); the sliding layer 0 uses W={sliding_window}: query i sees key j iff "
                       "j <= i and j > i - W; layer 1 is plain causal. No biases; rope default, theta 10000.",
+            "gemma3": "As gemma2 (embed * sqrt(hidden) = 8.0; (1 + w) RMSNorm in f32; input/post_attention/"
+                      "pre_feedforward/post_feedforward norms; scores * query_pre_attn_scalar**-0.5 = 24**-0.5; "
+                      "gelu_tanh MLP; tied head; no biases) with these differences: per-head q_norm/k_norm "
+                      "(Gemma3RMSNorm, (1 + w), weight [head_dim], eps=rms_norm_eps) on q and k after the projection "
+                      "and BEFORE rope; NO attention soft-capping (attn_logit_softcapping is not passed to the "
+                      "attention function, even when set) and final_logit_softcapping null (not applied); "
+                      "layer_types = [sliding_attention, sliding_attention, full_attention] (sliding_window_pattern 3: "
+                      "layer i slides iff (i + 1) % 3 != 0); rope per layer type: sliding layers use "
+                      "rope_parameters.sliding_attention.rope_theta = 10000, the full layer "
+                      "rope_parameters.full_attention.rope_theta = 50000; sliding layers: query i sees key j iff "
+                      f"j <= i and j > i - W, W={sliding_window}; the full layer is plain causal.",
         }[family],
         adapter=dict(kind="dora", r=R, lora_alpha=ALPHA, scaling=scaling, target_modules="all-linear",
                      target_modules_saved=saved_targets, targeted_modules=targeted,
@@ -680,6 +903,7 @@ def main():
     make_case(out, "qwen3", "qwen3", seed + 2, tie=False)
     make_case(out, "mistral", "mistral", seed + 3, tie=False, sliding_window=4)
     make_case(out, "gemma2", "gemma2", seed + 4, tie=True, sliding_window=GEMMA2["sliding_window"])
+    make_case(out, "gemma3", "gemma3", seed + 5, tie=True, sliding_window=GEMMA3["sliding_window"])
     make_unsupported(out)
     total = 0
     for root, _, files in os.walk(out):

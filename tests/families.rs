@@ -1,5 +1,6 @@
 //! Model families beyond Llama — Qwen2 (tied and untied), Qwen3, Mistral with a sliding window,
-//! Gemma 2 (soft-capping, (1 + w) norms, GeGLU, alternating sliding layers) —
+//! Gemma 2 (soft-capping, (1 + w) norms, GeGLU, alternating sliding layers), Gemma 3 text (q/k
+//! norms, a second RoPE base for the sliding layers) —
 //! against transformers and PEFT goldens (`scripts/make_family_fixtures.py`,
 //! `tests/fixtures/families/`): base and adapted logits, adapter gradients, PEFT's trainable
 //! count, merged weights; and families this model does not implement refused by name.
@@ -15,12 +16,13 @@ use common::{assert_close, fixtures_root, test_device};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-const CASES: [(&str, Family); 5] = [
+const CASES: [(&str, Family); 6] = [
     ("qwen2_tied", Family::Qwen2),
     ("qwen2_untied", Family::Qwen2),
     ("qwen3", Family::Qwen3),
     ("mistral", Family::Mistral),
     ("gemma2", Family::Gemma2),
+    ("gemma3", Family::Gemma3),
 ];
 
 fn case_dir(case: &str) -> PathBuf {
@@ -113,7 +115,8 @@ fn peft_adapters_load_and_match() {
             assert_close(&format!("{case}: {name}"), got, want, 1e-4);
             checked += 1;
         }
-        assert_eq!(checked, 42, "{case}: 14 modules × (A, B, m)");
+        let goldens = io.keys().filter(|k| k.starts_with("grad.")).count();
+        assert_eq!(checked, goldens, "{case}: every adapter tensor (A, B, m)");
         // Our own attach on the same modules: PEFT's trainable count.
         let mut fresh = model(case);
         let varmap = VarMap::new();
@@ -133,13 +136,9 @@ fn peft_adapters_load_and_match() {
                 targets.matches(path).then_some(cfg)
             })
             .unwrap();
-        let want = case_json(case)["peft"]["trainable_params"]
-            .as_u64()
-            .or_else(|| case_json(case)["trainable_params"].as_u64());
-        if let Some(want) = want {
-            assert_eq!(fresh.trainable_params().unwrap() as u64, want, "{case}");
-        }
-        assert_eq!(fresh.trainable_params().unwrap(), 10_112, "{case}");
+        let want = case_json(case)["adapter"]["trainable_params"].as_u64();
+        let want = want.unwrap_or_else(|| panic!("{case}: no trainable count"));
+        assert_eq!(fresh.trainable_params().unwrap() as u64, want, "{case}");
     }
 }
 

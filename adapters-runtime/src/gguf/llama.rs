@@ -236,6 +236,9 @@ pub fn llama_config(file: &GgufFile) -> Result<LlamaConfig> {
         attn_logit_softcapping: None,
         final_logit_softcapping: None,
         layer_types: None,
+        rope_local_parameters: None,
+        sliding_window_pattern: None,
+        use_bidirectional_attention: None,
     };
     if let Some(d) = file.get_usize(&key("rope.dimension_count"))? {
         if d != cfg.head_dim() {

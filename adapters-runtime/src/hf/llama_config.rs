@@ -110,9 +110,21 @@ pub struct LlamaConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_logit_softcapping: Option<f64>,
     /// Per layer `full_attention` or `sliding_attention` (Gemma 2: alternating, the first
-    /// sliding, when absent).
+    /// sliding; Gemma 3: every sixth full, when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_types: Option<Vec<String>>,
+    /// Gemma 3: every `sliding_window_pattern`-th layer is full when `layer_types` is absent
+    /// (default 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window_pattern: Option<usize>,
+    /// Gemma 3's bidirectional attention (not implemented: `true` is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_bidirectional_attention: Option<bool>,
+    /// Gemma 3: the RoPE of the sliding-window layers (`rope_parameters.sliding_attention` in
+    /// transformers 5, `rope_local_base_freq` before; θ = 10 000 when absent). Read from either;
+    /// written back in transformers 5's nested form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_local_parameters: Option<RopeParameters>,
 }
 
 /// The decoders this model implements: Llama and the families that differ from it only in ways
@@ -128,6 +140,10 @@ pub enum Family {
     /// `Qwen3ForCausalLM`: per-head RMSNorm of queries and keys (`q_norm`, `k_norm`) before
     /// RoPE; biases on q, k, v and o where `attention_bias` says.
     Qwen3,
+    /// `Gemma3ForCausalLM` (text; `model_type` `gemma3_text`): Gemma 2 plus per-head `(1 + w)`
+    /// RMSNorm of q and k before RoPE, a second RoPE base for the sliding layers, every sixth
+    /// layer full by default, soft-capping only when configured.
+    Gemma3,
     /// `Gemma2ForCausalLM`: RMSNorm with `(1 + w)`, four norms per layer (post-attention and
     /// pre/post-MLP), embeddings scaled by `√hidden`, GeGLU (tanh GELU), queries scaled by
     /// `query_pre_attn_scalar^-1/2`, soft-capped attention scores and logits, sliding-window
@@ -137,13 +153,19 @@ pub enum Family {
 
 impl Family {
     /// Every family, in the order messages list them.
-    pub const ALL: [Family; 5] = [
+    pub const ALL: [Family; 6] = [
         Family::Llama,
         Family::Mistral,
         Family::Qwen2,
         Family::Qwen3,
         Family::Gemma2,
+        Family::Gemma3,
     ];
+
+    /// Gemma 2 or 3.
+    pub const fn is_gemma(self) -> bool {
+        matches!(self, Family::Gemma2 | Family::Gemma3)
+    }
 
     /// The `model_type` of its `config.json`.
     pub const fn model_type(self) -> &'static str {
@@ -153,6 +175,7 @@ impl Family {
             Family::Qwen2 => "qwen2",
             Family::Qwen3 => "qwen3",
             Family::Gemma2 => "gemma2",
+            Family::Gemma3 => "gemma3_text",
         }
     }
 
@@ -164,6 +187,7 @@ impl Family {
             Family::Qwen2 => "Qwen2ForCausalLM",
             Family::Qwen3 => "Qwen3ForCausalLM",
             Family::Gemma2 => "Gemma2ForCausalLM",
+            Family::Gemma3 => "Gemma3ForCausalLM",
         }
     }
 
@@ -200,6 +224,31 @@ pub const MAX_POSITIONS: usize = 1 << 26;
 pub const MAX_ATTENTION_WIDTH: usize = 1 << 20;
 /// Bound on the elements of one weight matrix (`vocab_size × hidden_size`, …): 2^40.
 pub const MAX_TENSOR_ELEMENTS: usize = 1 << 40;
+
+/// transformers 5 writes Gemma 3's RoPE per layer type (`rope_parameters: {full_attention: {…},
+/// sliding_attention: {…}}`); older files give `rope_local_base_freq`. Both become
+/// `rope_parameters` (the full layers') and `rope_local_parameters`.
+fn lift_layer_rope(value: &mut serde_json::Value) {
+    let Some(obj) = value.as_object_mut() else {
+        return;
+    };
+    let nested = obj
+        .get("rope_parameters")
+        .and_then(|r| r.as_object())
+        .filter(|r| r.contains_key("full_attention") || r.contains_key("sliding_attention"))
+        .cloned();
+    if let Some(mut r) = nested {
+        let full = r.remove("full_attention").unwrap_or(serde_json::json!({}));
+        obj.insert("rope_parameters".into(), full);
+        if let Some(local) = r.remove("sliding_attention") {
+            obj.insert("rope_local_parameters".into(), local);
+        }
+    }
+    if let Some(theta) = obj.remove("rope_local_base_freq") {
+        obj.entry("rope_local_parameters")
+            .or_insert(serde_json::json!({"rope_type": "default", "rope_theta": theta}));
+    }
+}
 
 /// A whole number as a JSON integer (`24`, not `24.0`), else as a float.
 fn integer_if_whole<S: serde::Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
@@ -238,6 +287,7 @@ impl LlamaConfig {
                 value = inner;
             }
         }
+        lift_layer_rope(&mut value);
         let cfg: Self = serde_json::from_value(value).map_err(json)?;
         cfg.validate()
             .map_err(|(field, expected, actual)| AdapterError::Config {
@@ -257,7 +307,7 @@ impl LlamaConfig {
     pub fn validate(&self) -> std::result::Result<(), (&'static str, String, String)> {
         let family = self.family_checked()?;
         match family {
-            Family::Gemma2 => {
+            Family::Gemma2 | Family::Gemma3 => {
                 let act = self
                     .hidden_activation
                     .as_deref()
@@ -285,6 +335,13 @@ impl LlamaConfig {
                 }
             }
         }
+        if self.use_bidirectional_attention == Some(true) {
+            return Err((
+                "use_bidirectional_attention",
+                "false (bidirectional attention is not implemented)".into(),
+                "true".into(),
+            ));
+        }
         if let Some(types) = &self.layer_types {
             if types.len() != self.num_hidden_layers {
                 return Err((
@@ -293,7 +350,7 @@ impl LlamaConfig {
                     types.len().to_string(),
                 ));
             }
-            let sliding_ok = family == Family::Gemma2;
+            let sliding_ok = family.is_gemma();
             if let Some(bad) = types
                 .iter()
                 .find(|t| !(*t == "full_attention" || (sliding_ok && *t == "sliding_attention")))
@@ -486,10 +543,14 @@ impl LlamaConfig {
     pub fn attention_window(&self, layer: usize) -> Option<usize> {
         match self.family() {
             Family::Mistral => self.sliding_window,
-            Family::Gemma2 => {
+            Family::Gemma2 | Family::Gemma3 => {
                 let sliding = match &self.layer_types {
                     Some(t) => t.get(layer).is_some_and(|t| t == "sliding_attention"),
-                    None => layer.is_multiple_of(2),
+                    None if self.family() == Family::Gemma2 => layer.is_multiple_of(2),
+                    None => {
+                        let pattern = self.sliding_window_pattern.unwrap_or(6).max(1);
+                        (layer + 1) % pattern != 0
+                    }
                 };
                 sliding.then_some(self.sliding_window.unwrap_or(4096))
             }
@@ -497,11 +558,30 @@ impl LlamaConfig {
         }
     }
 
+    /// The RoPE of decoder layer `layer`: Gemma 3's local parameters on its sliding layers
+    /// (θ = 10 000 by default), [`LlamaConfig::rope`] elsewhere.
+    pub fn layer_rope(&self, layer: usize) -> RopeParameters {
+        if self.family() == Family::Gemma3 && self.attention_window(layer).is_some() {
+            return self.local_rope();
+        }
+        self.rope()
+    }
+
+    /// Gemma 3's RoPE of the sliding layers (`rope_local_parameters`, θ = 10 000 by default).
+    pub fn local_rope(&self) -> RopeParameters {
+        let mut p = self.rope_local_parameters.clone().unwrap_or_default();
+        if p.rope_theta.is_none() {
+            p.rope_theta = Some(10_000.0);
+        }
+        p
+    }
+
     /// The norms' weight offset: Gemma's RMSNorm scales by `1 + w`, the others by `w`.
     pub fn norm_offset(&self) -> f64 {
-        match self.family() {
-            Family::Gemma2 => 1.0,
-            _ => 0.0,
+        if self.family().is_gemma() {
+            1.0
+        } else {
+            0.0
         }
     }
 

@@ -133,7 +133,9 @@ impl<'a> LlamaLayout<'a> {
             Family::Llama => (c.attention_bias, c.attention_bias, c.mlp_bias),
             Family::Mistral => (false, false, false),
             Family::Qwen2 => (true, false, false),
-            Family::Qwen3 | Family::Gemma2 => (c.attention_bias, c.attention_bias, false),
+            Family::Qwen3 | Family::Gemma2 | Family::Gemma3 => {
+                (c.attention_bias, c.attention_bias, false)
+            }
         };
         Some(match name {
             "q_proj" => (h, q, qkv_b),
@@ -198,16 +200,20 @@ impl<'a> LlamaLayout<'a> {
             .saturating_mul(c.hidden_size);
         // Qwen3: a query and a key norm over the head width per layer.
         let per_head = QK_NORMS.len().saturating_mul(c.num_hidden_layers);
-        match c.family() {
-            Family::Qwen3 => hidden.saturating_add(per_head.saturating_mul(c.head_dim())),
-            Family::Gemma2 => hidden.saturating_add(
-                GEMMA_MLP_NORMS
-                    .len()
-                    .saturating_mul(c.num_hidden_layers)
-                    .saturating_mul(c.hidden_size),
-            ),
-            _ => hidden,
-        }
+        let qk = if c.family() == Family::Qwen3 || c.family() == Family::Gemma3 {
+            per_head.saturating_mul(c.head_dim())
+        } else {
+            0
+        };
+        let mlp = if c.family().is_gemma() {
+            GEMMA_MLP_NORMS
+                .len()
+                .saturating_mul(c.num_hidden_layers)
+                .saturating_mul(c.hidden_size)
+        } else {
+            0
+        };
+        hidden.saturating_add(qk).saturating_add(mlp)
     }
 
     /// Every tensor of the checkpoint, in checkpoint order.
@@ -225,13 +231,13 @@ impl<'a> LlamaLayout<'a> {
                 let name = format!("{LAYERS}.{l}.{norm}.weight");
                 out.push(spec(name, vec![h], TensorRole::NormScale));
             }
-            if c.family() == Family::Gemma2 {
+            if c.family().is_gemma() {
                 for norm in GEMMA_MLP_NORMS {
                     let name = format!("{LAYERS}.{l}.{norm}.weight");
                     out.push(spec(name, vec![h], TensorRole::NormScale));
                 }
             }
-            if c.family() == Family::Qwen3 {
+            if matches!(c.family(), Family::Qwen3 | Family::Gemma3) {
                 for norm in QK_NORMS {
                     let name = format!("{LAYERS}.{l}.self_attn.{norm}.weight");
                     out.push(spec(name, vec![c.head_dim()], TensorRole::NormScale));

@@ -75,6 +75,19 @@ pub fn save_model_folder_with(
             serde_json::json!([family.architecture()]),
         );
         obj.insert("model_type".into(), family.model_type().into());
+        // Gemma 3: transformers 5's per-layer-type RoPE.
+        if family == crate::hf::llama_config::Family::Gemma3 {
+            let full = obj
+                .remove("rope_parameters")
+                .unwrap_or(serde_json::json!({}));
+            let local = obj
+                .remove("rope_local_parameters")
+                .unwrap_or(serde_json::json!({"rope_type": "default", "rope_theta": 10000.0}));
+            obj.insert(
+                "rope_parameters".into(),
+                serde_json::json!({"full_attention": full, "sliding_attention": local}),
+            );
+        }
         obj.insert("hidden_act".into(), "silu".into());
         let dt = tensors.first().map_or(DType::F32, |(_, t)| t.dtype());
         obj.insert("torch_dtype".into(), torch_dtype(dt).into());

@@ -135,11 +135,11 @@ impl Attention {
         load: Load,
     ) -> candle_core::Result<Self> {
         let qk_norm = |name: &str| -> candle_core::Result<Option<RmsNorm>> {
-            if cfg.family() != Family::Qwen3 {
+            if !matches!(cfg.family(), Family::Qwen3 | Family::Gemma3) {
                 return Ok(None);
             }
             let w = vb.pp(name).get(cfg.head_dim(), "weight")?;
-            Ok(Some(RmsNorm::new(w, cfg.rms_norm_eps)))
+            family_norm(cfg, w).map(Some)
         };
         Ok(Self {
             q_proj: projection(cfg, "q_proj", &vb, load)?,
@@ -152,11 +152,12 @@ impl Attention {
             n_kv_heads: cfg.kv_heads(),
             head_dim: cfg.head_dim(),
             q_scale: match cfg.family() {
-                Family::Gemma2 => 1.0 / cfg.query_pre_attn_scalar.unwrap_or(256.0).sqrt(),
+                f if f.is_gemma() => 1.0 / cfg.query_pre_attn_scalar.unwrap_or(256.0).sqrt(),
                 _ => 1.0 / (cfg.head_dim() as f64).sqrt(),
             },
             softcap: match cfg.family() {
                 Family::Gemma2 => Some(cfg.attn_logit_softcapping.unwrap_or(50.0)),
+                // Gemma 3 keeps the setting but transformers never applies it.
                 _ => None,
             },
             rope,
@@ -229,7 +230,7 @@ impl Mlp {
             gate_proj: projection(cfg, "gate_proj", &vb, load)?,
             up_proj: projection(cfg, "up_proj", &vb, load)?,
             down_proj: projection(cfg, "down_proj", &vb, load)?,
-            gelu: cfg.family() == Family::Gemma2,
+            gelu: cfg.family().is_gemma(),
         })
     }
 
@@ -275,7 +276,7 @@ impl Block {
         load: Load,
     ) -> candle_core::Result<Self> {
         let norm = |name: &str| family_norm(cfg, vb.pp(name).get(cfg.hidden_size, "weight")?);
-        let gemma = cfg.family() == Family::Gemma2;
+        let gemma = cfg.family().is_gemma();
         let gemma_norm = |name: &str| -> candle_core::Result<Option<RmsNorm>> {
             if gemma {
                 norm(name).map(Some)
@@ -383,6 +384,17 @@ impl Llama {
             vb.dtype(),
             vb.device(),
         )?);
+        // Gemma 3: the sliding layers' own RoPE base.
+        let local_rope = match cfg.family() {
+            Family::Gemma3 => Some(Arc::new(Rope::new(
+                cfg.head_dim(),
+                cfg.max_position_embeddings,
+                &cfg.local_rope(),
+                vb.dtype(),
+                vb.device(),
+            )?)),
+            _ => None,
+        };
         let table = vb
             .pp(layout::EMBED_TOKENS)
             .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
@@ -392,7 +404,13 @@ impl Llama {
         }
         .with_path(layout::EMBED_TOKENS);
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Block::load(cfg, vb.pp(layout::LAYERS).pp(i), i, rope.clone(), load))
+            .map(|i| {
+                let r = match (&local_rope, cfg.attention_window(i)) {
+                    (Some(local), Some(_)) => local.clone(),
+                    _ => rope.clone(),
+                };
+                Block::load(cfg, vb.pp(layout::LAYERS).pp(i), i, r, load)
+            })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let norm = family_norm(
             cfg,
@@ -452,6 +470,7 @@ impl Llama {
     pub fn logit_softcap(&self) -> Option<f64> {
         match self.config.family() {
             Family::Gemma2 => Some(self.config.final_logit_softcapping.unwrap_or(30.0)),
+            Family::Gemma3 => self.config.final_logit_softcapping,
             _ => None,
         }
     }
@@ -464,7 +483,7 @@ impl Llama {
         let (_, t) = ids.dims2()?;
         let masks = Masks::new(t, self.layers.iter().find_map(|l| l.window), self.device())?;
         let mut h = self.embed_tokens.forward(ids)?;
-        if self.config.family() == Family::Gemma2 {
+        if self.config.family().is_gemma() {
             // Gemma: embeddings times √hidden, the factor rounded to the activation dtype.
             let normalizer = Tensor::new((self.config.hidden_size as f64).sqrt(), h.device())?
                 .to_dtype(h.dtype())?;
@@ -560,7 +579,7 @@ impl Llama {
             for (name, norm) in layout::QK_NORMS.iter().zip([&a.q_norm, &a.k_norm]) {
                 if let Some(n) = norm {
                     let key = format!("{}.{i}.self_attn.{name}.weight", layout::LAYERS);
-                    out.push((key, n.weight().clone()));
+                    out.push((key, stored(n)?));
                 }
             }
         }
