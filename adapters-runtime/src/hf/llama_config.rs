@@ -549,7 +549,7 @@ impl LlamaConfig {
                     None if self.family() == Family::Gemma2 => layer.is_multiple_of(2),
                     None => {
                         let pattern = self.sliding_window_pattern.unwrap_or(6).max(1);
-                        (layer + 1) % pattern != 0
+                        !(layer + 1).is_multiple_of(pattern)
                     }
                 };
                 sliding.then_some(self.sliding_window.unwrap_or(4096))
