@@ -190,14 +190,7 @@ fn every_family_trains() {
     for (case, _) in CASES {
         let io = io(case);
         let all = ids(&io);
-        let (b, t) = all.dims2().unwrap();
-        let batch = adapters_runtime::train::Batch {
-            input_ids: all.narrow(1, 0, t - 1).unwrap(),
-            targets: all.narrow(1, 1, t - 1).unwrap(),
-            loss_mask: Tensor::ones((b, t - 1), DType::F32, &test_device()).unwrap(),
-            tokens: b * (t - 1),
-            target_tokens: b * (t - 1),
-        };
+        let batch = common::next_token_batch(&all);
         let mut m = model(case);
         let varmap = VarMap::new();
         m.attach_adapters(&varmap, 4).unwrap();
@@ -242,14 +235,7 @@ fn export_for_python_peft() {
     for (case, _) in CASES {
         let io = io(case);
         let all = ids(&io);
-        let (b, t) = all.dims2().unwrap();
-        let batch = adapters_runtime::train::Batch {
-            input_ids: all.narrow(1, 0, t - 1).unwrap(),
-            targets: all.narrow(1, 1, t - 1).unwrap(),
-            loss_mask: Tensor::ones((b, t - 1), DType::F32, &test_device()).unwrap(),
-            tokens: b * (t - 1),
-            target_tokens: b * (t - 1),
-        };
+        let batch = common::next_token_batch(&all);
         let mut m = model(case);
         let varmap = VarMap::new();
         let spec = adapters_runtime::TargetSpec::new(

@@ -140,15 +140,7 @@ fn quantized_projections_stay_quantized() {
 }
 
 fn train_batch() -> Batch {
-    let all = ids();
-    let (b, t) = all.dims2().unwrap();
-    Batch {
-        input_ids: all.narrow(1, 0, t - 1).unwrap(),
-        targets: all.narrow(1, 1, t - 1).unwrap(),
-        loss_mask: Tensor::ones((b, t - 1), DType::F32, &Device::Cpu).unwrap(),
-        tokens: b * (t - 1),
-        target_tokens: b * (t - 1),
-    }
+    common::next_token_batch(&ids())
 }
 
 /// Trains DoRA on every projection and the embedding over `file` for 4 steps: every adapter

@@ -238,19 +238,12 @@ fn unstorable_shapes_are_errors() {
 }
 
 fn batch() -> Batch {
-    let all = load("tiny_llama_dora", "io.safetensors")["input_ids"]
+    let ids = load("tiny_llama_dora", "io.safetensors")["input_ids"]
         .to_dtype(DType::U32)
         .unwrap()
         .to_device(&device())
         .unwrap();
-    let (b, t) = all.dims2().unwrap();
-    Batch {
-        input_ids: all.narrow(1, 0, t - 1).unwrap(),
-        targets: all.narrow(1, 1, t - 1).unwrap(),
-        loss_mask: Tensor::ones((b, t - 1), DType::F32, &device()).unwrap(),
-        tokens: b * (t - 1),
-        target_tokens: b * (t - 1),
-    }
+    common::next_token_batch(&ids)
 }
 
 /// The bundled Llama loaded with `--quant` (NF4, Q8_0, Q4_0): its logits stay within the

@@ -128,3 +128,16 @@ pub fn train_four_steps(
     assert!(losses[3] < losses[0], "{what}: the loss falls: {losses:?}");
     losses
 }
+
+/// A next-token batch over `ids [b, t]`: inputs are the first `t − 1` ids, targets the last
+/// `t − 1`, every position in the loss.
+pub fn next_token_batch(ids: &Tensor) -> adapters_runtime::train::Batch {
+    let (b, t) = ids.dims2().unwrap();
+    adapters_runtime::train::Batch {
+        input_ids: ids.narrow(1, 0, t - 1).unwrap(),
+        targets: ids.narrow(1, 1, t - 1).unwrap(),
+        loss_mask: Tensor::ones((b, t - 1), DType::F32, ids.device()).unwrap(),
+        tokens: b * (t - 1),
+        target_tokens: b * (t - 1),
+    }
+}
