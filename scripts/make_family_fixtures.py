@@ -1,6 +1,7 @@
 """Golden fixtures for more model families: Qwen2 (tied and untied), Qwen3, Mistral (sliding window),
 Gemma2 (soft-capping, (1 + w) norms, sandwich norms, alternating sliding layers),
-Gemma3 text (q_norm/k_norm, a different rope base for sliding and full layers, 2 sliding : 1 full).
+Gemma3 text (q_norm/k_norm, a different rope base for sliding and full layers, 2 sliding : 1 full),
+Phi3 (fused qkv_proj and gate_up_proj, sliding window on every layer).
 
 Each supported case is a folder tests/fixtures/families/<name>/:
   model/              save_pretrained output of a tiny random transformers model (config.json + model.safetensors)
@@ -55,6 +56,10 @@ GEMMA3 = dict(query_pre_attn_scalar=24, sliding_window=4, hidden_activation="gel
 GEMMA3_ROPE = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                "full_attention": {"rope_type": "default", "rope_theta": 50000.0}}
 GEMMA3_EMBED_STD = 0.1
+# Phi3 case: sliding_window 4 (applied to every layer), pad_token_id 0 (Phi3Config's default 32000 is outside vocab
+# 96 and nn.Embedding refuses it), partial_rotary_factor 1.0 (the default, written into rope_parameters)
+PHI3_SLIDING_WINDOW = 4
+PHI3_PAD_TOKEN_ID = 0
 
 
 def log(*a):
@@ -82,11 +87,15 @@ def make_config(family, tie, sliding_window=None):
         common["rope_parameters"] = copy.deepcopy(GEMMA3_ROPE)
         common.update(GEMMA3, sliding_window=sliding_window)
         return transformers.Gemma3TextConfig(**common)
+    if family == "phi3":
+        common["rope_parameters"] = dict(common["rope_parameters"], partial_rotary_factor=1.0)
+        return transformers.Phi3Config(**common, sliding_window=sliding_window, pad_token_id=PHI3_PAD_TOKEN_ID,
+                                       hidden_act="silu")
     raise ValueError(family)
 
 
 CLASSES = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "mistral": "MistralForCausalLM",
-           "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM"}
+           "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM"}
 
 
 def build(family, cfg, attn="eager"):
@@ -127,14 +136,18 @@ def logits_of(model, ids):
 # independent float64 reference of the forward pass (the README formulas)
 # --------------------------------------------------------------------------------------------
 
-def ref_forward(sd, family, cfg, ids, window=None, window_inclusive=False, qk_norm_after_rope=False):
+def ref_forward(sd, family, cfg, ids, window=None, window_inclusive=False, qk_norm_after_rope=False,
+                rotary_dim=None, window_layers=None):
     """sd: state dict (HF key names). window: sliding window W or None.
     Visible keys for query i: j <= i and j > i - W. window_inclusive=True (j >= i - W) and
-    qk_norm_after_rope=True are deliberate mistakes, only to show that the goldens tell them apart."""
+    qk_norm_after_rope=True are deliberate mistakes, only to show that the goldens tell them apart.
+    rotary_dim (Phi3 partial_rotary_factor): rotate only the first rotary_dim dims of each head (default D).
+    window_layers: the layers the window applies to (default: all)."""
     f = {k: v.double() for k, v in sd.items()}
     H, KV, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     eps, theta = cfg.rms_norm_eps, cfg.rope_parameters["rope_theta"]
     B, T = ids.shape
+    RD = D if rotary_dim is None else rotary_dim
 
     def rms(x, w):
         return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
@@ -143,18 +156,20 @@ def ref_forward(sd, family, cfg, ids, window=None, window_inclusive=False, qk_no
         y = x @ f[pre + ".weight"].T
         return y + f[pre + ".bias"] if bias else y
 
-    inv = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D)          # [D/2]
-    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]              # [T, D/2]
-    cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()       # [T, D]
+    inv = 1.0 / theta ** (torch.arange(0, RD, 2, dtype=torch.float64) / RD)        # [RD/2]
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]              # [T, RD/2]
+    cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()       # [T, RD]
 
-    def rope(x):   # x [B, T, n, D]; rotate_half pairs dim d with d + D/2
-        x1, x2 = x[..., : D // 2], x[..., D // 2:]
+    def rope(x):   # x [B, T, n, D]; rotate_half pairs dim d with d + RD/2 within the first RD dims
+        xr, xp = x[..., :RD], x[..., RD:]
+        x1, x2 = xr[..., : RD // 2], xr[..., RD // 2:]
         rot = torch.cat([-x2, x1], -1)
-        return x * cos[None, :, None, :] + rot * sin[None, :, None, :]
+        return torch.cat([xr * cos[None, :, None, :] + rot * sin[None, :, None, :], xp], -1)
 
     i = torch.arange(T)[:, None]
     j = torch.arange(T)[None, :]
-    visible = j <= i
+    causal = j <= i
+    visible = causal
     if window is not None:
         visible = visible & ((j >= i - window) if window_inclusive else (j > i - window))
 
@@ -162,6 +177,7 @@ def ref_forward(sd, family, cfg, ids, window=None, window_inclusive=False, qk_no
     x = f["model.embed_tokens.weight"][ids]
     for l in range(cfg.num_hidden_layers):
         p = f"model.layers.{l}."
+        vis = visible if window_layers is None or l in window_layers else causal
         h = rms(x, f[p + "input_layernorm.weight"])
         q = lin(h, p + "self_attn.q_proj", qkv_bias).view(B, T, H, D)
         k = lin(h, p + "self_attn.k_proj", qkv_bias).view(B, T, KV, D)
@@ -177,7 +193,7 @@ def ref_forward(sd, family, cfg, ids, window=None, window_inclusive=False, qk_no
         k = k.repeat_interleave(rep, dim=2)
         v = v.repeat_interleave(rep, dim=2)
         s = torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(D)
-        s = s.masked_fill(~visible, float("-inf"))
+        s = s.masked_fill(~vis, float("-inf"))
         a = torch.einsum("bhij,bjhd->bihd", s.softmax(-1), v).reshape(B, T, H * D)
         x = x + lin(a, p + "self_attn.o_proj")          # o_proj has no bias in all three
         h = rms(x, f[p + "post_attention_layernorm.weight"])
@@ -345,6 +361,73 @@ def ref_forward_gemma3(sd, cfg, ids, window=None, window_inclusive=False, slidin
     x = rms(x, f["model.norm.weight"], norm_one_plus)
     head = f["lm_head.weight"] if "lm_head.weight" in f else E
     return cap(x @ head.T, fcap)
+
+
+def phi3_unfuse(sd, cfg, swap_kv=False, swap_gate_up=False):
+    """Split Phi3's fused weights into Llama key names, as Phi3Attention / Phi3MLP slice them:
+    qkv_proj rows [0, H*D) = q, [H*D, H*D + KV*D) = k, [H*D + KV*D, H*D + 2*KV*D) = v;
+    gate_up_proj rows [0, I) = gate, [I, 2I) = up (gate, up = chunk(2, dim=-1)).
+    swap_kv / swap_gate_up are deliberate mistakes, only to show that the goldens tell them apart."""
+    H, KV, D, I = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("self_attn.qkv_proj.weight"):
+            pre = k[: -len("qkv_proj.weight")]
+            assert v.shape[0] == H * D + 2 * KV * D, v.shape
+            q, kk, vv = v[: H * D], v[H * D: H * D + KV * D], v[H * D + KV * D:]
+            if swap_kv:
+                kk, vv = vv, kk
+            out[pre + "q_proj.weight"], out[pre + "k_proj.weight"], out[pre + "v_proj.weight"] = q, kk, vv
+        elif k.endswith("mlp.gate_up_proj.weight"):
+            pre = k[: -len("gate_up_proj.weight")]
+            assert v.shape[0] == 2 * I, v.shape
+            gate, up = v[:I], v[I:]
+            if swap_gate_up:
+                gate, up = up, gate
+            out[pre + "gate_proj.weight"], out[pre + "up_proj.weight"] = gate, up
+        else:
+            out[k] = v
+    return out
+
+
+def phi3_checks(base, base_sd, cfg, ids, logits_base, W, figs):
+    """Phi3: the fused-weight split order, the window on every layer and the rope terms move the logits."""
+    def variant(**changes):
+        c = copy.deepcopy(cfg)
+        for k, v in changes.items():
+            setattr(c, k, v)
+        m = build("phi3", c)
+        m.load_state_dict(base.state_dict())
+        return logits_of(m, ids)
+
+    def bigger(key, value, floor=1e-2):
+        figs[key] = value
+        assert value > floor, (key, value)
+
+    figs["base_max_abs_logit"] = logits_base.abs().max().item()
+    figs["base_logit_std"] = logits_base.std().item()
+    nowin = variant(sliding_window=None)
+    bigger("sliding_window_None_vs_base", maxdiff(nowin, logits_base))
+    figs["sliding_window_None_vs_base_first_W_positions"] = maxdiff(nowin[:, :W], logits_base[:, :W])
+    assert figs["sliding_window_None_vs_base_first_W_positions"] == 0.0, figs
+    r = lambda sd=base_sd, c=cfg, **kw: maxdiff(ref_forward(sd, "phi3", c, ids, **dict(dict(window=W), **kw)),
+                                                 logits_base)
+    figs["ref64_no_window_vs_transformers_sliding_window_None"] = maxdiff(
+        ref_forward(phi3_unfuse(base_sd, cfg), "phi3", cfg, ids, window=None), nowin)
+    assert figs["ref64_no_window_vs_transformers_sliding_window_None"] < TOL_REF, figs
+    bigger("ref_window_j_ge_i_minus_W_vs_base", r(phi3_unfuse(base_sd, cfg), window_inclusive=True))
+    bigger("ref_window_on_layer_0_only_vs_base", maxdiff(
+        ref_forward(phi3_unfuse(base_sd, cfg), "phi3", cfg, ids, window=W, window_layers=[0]), logits_base))
+    bigger("ref_qkv_k_v_blocks_swapped_vs_base", r(phi3_unfuse(base_sd, cfg, swap_kv=True)))
+    bigger("ref_gate_up_halves_swapped_vs_base", r(phi3_unfuse(base_sd, cfg, swap_gate_up=True)))
+    rope_alt = copy.deepcopy(cfg)
+    rope_alt.rope_parameters = dict(cfg.rope_parameters, rope_theta=10000.0)
+    bigger("ref_theta_10000_vs_base", r(phi3_unfuse(base_sd, cfg), c=rope_alt), floor=1e-3)
+    half = variant(rope_parameters=dict(cfg.rope_parameters, partial_rotary_factor=0.5))
+    bigger("transformers_partial_rotary_factor_0.5_vs_base", maxdiff(half, logits_base), floor=1e-3)
+    figs["ref64_partial_rotary_0.5_vs_transformers_partial_rotary_0.5"] = maxdiff(
+        ref_forward(phi3_unfuse(base_sd, cfg), "phi3", cfg, ids, window=W, rotary_dim=cfg.head_dim // 2), half)
+    assert figs["ref64_partial_rotary_0.5_vs_transformers_partial_rotary_0.5"] < TOL_REF, figs
 
 
 def ref_merge(base_sd, adapter_sd, scaling):
@@ -627,6 +710,8 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
         ref = ref_forward_gemma2(base_sd, cfg, ids, window=sliding_window)
     elif family == "gemma3":
         ref = ref_forward_gemma3(base_sd, cfg, ids, window=sliding_window)
+    elif family == "phi3":
+        ref = ref_forward(phi3_unfuse(base_sd, cfg), family, cfg, ids, window=sliding_window)
     else:
         ref = ref_forward(base_sd, family, cfg, ids, window=sliding_window)
     figs["ref64_vs_base"] = maxdiff(ref, logits_base)
@@ -662,6 +747,8 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
         gemma2_checks(base, base_sd, cfg, ids, logits_base, sliding_window, figs)
     elif family == "gemma3":
         gemma3_checks(base, base_sd, cfg, ids, logits_base, sliding_window, model_dir, figs)
+    elif family == "phi3":
+        phi3_checks(base, base_sd, cfg, ids, logits_base, sliding_window, figs)
     else:
         rope_alt = copy.deepcopy(cfg)
         rope_alt.rope_parameters = dict(cfg.rope_parameters, rope_theta=10000.0)
@@ -746,6 +833,9 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
     elif family == "gemma3":
         figs["ref64_on_merged_vs_adapter"] = maxdiff(ref_forward_gemma3(msd, cfg, ids, window=sliding_window),
                                                      logits_adapter)
+    elif family == "phi3":
+        figs["ref64_on_merged_vs_adapter"] = maxdiff(
+            ref_forward(phi3_unfuse(msd, cfg), family, cfg, ids, window=sliding_window), logits_adapter)
     else:
         figs["ref64_on_merged_vs_adapter"] = maxdiff(ref_forward(msd, family, cfg, ids, window=sliding_window),
                                                      logits_adapter)
@@ -761,6 +851,13 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
         "rms_norm_eps", "rope_parameters", "tie_word_embeddings", "attention_bias", "use_sliding_window",
         "sliding_window", "max_window_layers", "layer_types", "query_pre_attn_scalar", "attn_logit_softcapping",
         "final_logit_softcapping", "hidden_activation", "sliding_window_pattern") if k in saved_cfg}
+    if family == "phi3":   # extra keys only for phi3, so the other cases' case.json bytes stay the same
+        highlights.update({k: saved_cfg.get(k) for k in ("hidden_act", "pad_token_id", "bos_token_id",
+                                                         "eos_token_id", "original_max_position_embeddings",
+                                                         "resid_pdrop", "embd_pdrop") if k in saved_cfg})
+        highlights["fused_shapes"] = {
+            "self_attn.qkv_proj.weight": list(base_sd["model.layers.0.self_attn.qkv_proj.weight"].shape),
+            "mlp.gate_up_proj.weight": list(base_sd["model.layers.0.mlp.gate_up_proj.weight"].shape)}
     meta = dict(
         name=name, family=family, transformers_class=CLASSES[family], config=highlights,
         semantics={
@@ -793,6 +890,15 @@ def make_case(out, name, family, seed, tie=False, sliding_window=None):
                       "rope_parameters.sliding_attention.rope_theta = 10000, the full layer "
                       "rope_parameters.full_attention.rope_theta = 50000; sliding layers: query i sees key j iff "
                       f"j <= i and j > i - W, W={sliding_window}; the full layer is plain causal.",
+            "phi3": "Llama-like (RMSNorm w * x / sqrt(mean(x^2) + eps); input_layernorm -> attention -> residual; "
+                    "post_attention_layernorm -> MLP -> residual; final model.norm; untied lm_head; no biases) "
+                    "with FUSED weights: self_attn.qkv_proj.weight [H*D + 2*KV*D, hidden] = [128, 64], rows "
+                    "[0,64) = q (4 heads x 16), [64,96) = k (2 kv heads x 16), [96,128) = v; "
+                    "mlp.gate_up_proj.weight [2*intermediate, hidden] = [320, 64], gate, up = chunk(2, dim=-1): "
+                    "rows [0,160) = gate, [160,320) = up; MLP = down_proj(up * silu(gate)). rope default, "
+                    "theta 50000, partial_rotary_factor 1.0 (all 16 dims rotated, half-split rotate_half). "
+                    f"sliding_window W={sliding_window} on EVERY layer (no layer_types): query i sees key j iff "
+                    "j <= i and j > i - W. scores * head_dim**-0.5. pad_token_id 0 only sets padding_idx.",
         }[family],
         adapter=dict(kind="dora", r=R, lora_alpha=ALPHA, scaling=scaling, target_modules="all-linear",
                      target_modules_saved=saved_targets, targeted_modules=targeted,
@@ -904,6 +1010,7 @@ def main():
     make_case(out, "mistral", "mistral", seed + 3, tie=False, sliding_window=4)
     make_case(out, "gemma2", "gemma2", seed + 4, tie=True, sliding_window=GEMMA2["sliding_window"])
     make_case(out, "gemma3", "gemma3", seed + 5, tie=True, sliding_window=GEMMA3["sliding_window"])
+    make_case(out, "phi3", "phi3", seed + 6, tie=False, sliding_window=PHI3_SLIDING_WINDOW)
     make_unsupported(out)
     total = 0
     for root, _, files in os.walk(out):
