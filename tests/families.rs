@@ -16,13 +16,14 @@ use common::{assert_close, fixtures_root, test_device};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-const CASES: [(&str, Family); 6] = [
+const CASES: [(&str, Family); 7] = [
     ("qwen2_tied", Family::Qwen2),
     ("qwen2_untied", Family::Qwen2),
     ("qwen3", Family::Qwen3),
     ("mistral", Family::Mistral),
     ("gemma2", Family::Gemma2),
     ("gemma3", Family::Gemma3),
+    ("phi3", Family::Phi3),
 ];
 
 fn case_dir(case: &str) -> PathBuf {
@@ -121,7 +122,7 @@ fn peft_adapters_load_and_match() {
         let mut fresh = model(case);
         let varmap = VarMap::new();
         let targets = adapters_runtime::Targets::parse_list(
-            "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+            "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,qkv_proj,gate_up_proj",
         );
         let cfg = adapters_runtime::AdapterConfig {
             method: adapters_runtime::Method::Dora,
@@ -204,7 +205,6 @@ fn every_family_trains() {
 fn unsupported_configs_are_refused() {
     let dir = fixtures_root().join("families/unsupported");
     for (name, field) in [
-        ("phi3", "model_type"),
         ("llama_yarn_rope_scaling", "rope_type"),
         ("llama_yarn_rope_parameters", "rope_type"),
         ("qwen2_use_sliding_window", "use_sliding_window"),
@@ -214,13 +214,43 @@ fn unsupported_configs_are_refused() {
             .unwrap_or_else(|| panic!("{name} accepted"))
             .to_string();
         assert!(err.contains(field), "{name}: {err}");
-        if field == "model_type" {
-            assert!(
-                err.contains("llama, mistral, qwen2, qwen3, gemma2"),
-                "{name}: {err}"
-            );
+        let _ = field;
+    }
+    // A family this model does not implement, by `model_type` and by `architectures`.
+    let tmp = std::env::temp_dir().join(format!("adapters-family-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    for (i, extra) in [
+        r#""model_type": "gpt_neox""#,
+        r#""architectures": ["GPTNeoXForCausalLM"]"#,
+        r#""model_type": "mistral", "attention_bias": true"#,
+        r#""model_type": "qwen2", "mlp_bias": true"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        let p = tmp.join(format!("config{i}.json"));
+        std::fs::write(
+            &p,
+            format!(
+                r#"{{"hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "vocab_size": 96, {extra}}}"#
+            ),
+        )
+        .unwrap();
+        let err = LlamaConfig::from_file(&p).err().unwrap().to_string();
+        match i {
+            0 | 1 => {
+                assert!(err.contains("gpt_neox") || err.contains("GPTNeoX"), "{err}");
+                assert!(
+                    err.contains("qwen3") || err.contains("Qwen3ForCausalLM"),
+                    "{err}"
+                );
+            }
+            2 => assert!(err.contains("attention_bias"), "{err}"),
+            _ => assert!(err.contains("mlp_bias"), "{err}"),
         }
     }
+    let _ = std::fs::remove_dir_all(tmp);
 }
 
 /// With `FAMILIES_ROUNDTRIP_OUT=DIR` set, writes for each family an adapter we trained (4 DoRA

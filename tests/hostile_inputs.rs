@@ -209,6 +209,7 @@ fn lazily_grown_rope_tables_are_exact() {
         low_freq_factor: Some(1.0),
         high_freq_factor: Some(4.0),
         original_max_position_embeddings: Some(64),
+        partial_rotary_factor: None,
     };
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1.0, (1, 2, 5, 16), &dev).unwrap();

@@ -43,8 +43,9 @@ use std::time::Instant;
 static GLOBAL: adapters_runtime::alloc::TrainingAllocator =
     adapters_runtime::alloc::TrainingAllocator;
 
-/// The modules adapted by default: all seven projections of every layer.
-const DEFAULT_TARGETS: &str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
+/// The modules adapted by default: every linear layer but the head (PEFT's `all-linear`: the seven
+/// projections of a Llama layer, Phi-3's four fused ones).
+const DEFAULT_TARGETS: &str = "all-linear";
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum MethodArg {

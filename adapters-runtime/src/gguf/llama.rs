@@ -239,6 +239,10 @@ pub fn llama_config(file: &GgufFile) -> Result<LlamaConfig> {
         rope_local_parameters: None,
         sliding_window_pattern: None,
         use_bidirectional_attention: None,
+        partial_rotary_factor: None,
+        pad_token_id: file
+            .get_usize("tokenizer.ggml.padding_token_id")?
+            .map(serde_json::Value::from),
     };
     if let Some(d) = file.get_usize(&key("rope.dimension_count"))? {
         if d != cfg.head_dim() {

@@ -25,6 +25,9 @@ pub struct RopeParameters {
     /// llama3 scaling: the original context length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_max_position_embeddings: Option<usize>,
+    /// Phi-3 (transformers 5): the share of each head's width RoPE rotates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_rotary_factor: Option<f64>,
 }
 
 /// The fields of a Llama-family `config.json` this model uses (others are ignored when read).
@@ -39,10 +42,11 @@ pub struct LlamaConfig {
     /// Query heads.
     pub num_attention_heads: usize,
     /// Key / value heads (GQA); defaults to `num_attention_heads`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_key_value_heads: Option<usize>,
-    /// Per-head width; defaults to `hidden_size / num_attention_heads`.
-    #[serde(default)]
+    /// Per-head width; defaults to `hidden_size / num_attention_heads` (not written when absent:
+    /// transformers reads a `null` as a value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<usize>,
     /// Vocabulary size.
     pub vocab_size: usize,
@@ -76,6 +80,10 @@ pub struct LlamaConfig {
     /// EOS token id(s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eos_token_id: Option<serde_json::Value>,
+    /// PAD token id (kept so a written `config.json` matches the model: transformers' defaults
+    /// can lie outside a small vocabulary, e.g. Phi-3's 32000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad_token_id: Option<serde_json::Value>,
     /// `model_type`: which decoder of the family ([`Family`]); absent: `llama`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_type: Option<String>,
@@ -113,6 +121,9 @@ pub struct LlamaConfig {
     /// sliding; Gemma 3: every sixth full, when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_types: Option<Vec<String>>,
+    /// Phi-3: the share of each head's width that RoPE rotates (only 1.0 is implemented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_rotary_factor: Option<f64>,
     /// Gemma 3: every `sliding_window_pattern`-th layer is full when `layer_types` is absent
     /// (default 6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,6 +155,10 @@ pub enum Family {
     /// RMSNorm of q and k before RoPE, a second RoPE base for the sliding layers, every sixth
     /// layer full by default, soft-capping only when configured.
     Gemma3,
+    /// `Phi3ForCausalLM`: q, k and v fused in `qkv_proj`, gate and up in `gate_up_proj` (adapted
+    /// as single modules, as PEFT does); sliding-window attention on every layer when
+    /// `sliding_window` is set; no biases.
+    Phi3,
     /// `Gemma2ForCausalLM`: RMSNorm with `(1 + w)`, four norms per layer (post-attention and
     /// pre/post-MLP), embeddings scaled by `√hidden`, GeGLU (tanh GELU), queries scaled by
     /// `query_pre_attn_scalar^-1/2`, soft-capped attention scores and logits, sliding-window
@@ -153,13 +168,14 @@ pub enum Family {
 
 impl Family {
     /// Every family, in the order messages list them.
-    pub const ALL: [Family; 6] = [
+    pub const ALL: [Family; 7] = [
         Family::Llama,
         Family::Mistral,
         Family::Qwen2,
         Family::Qwen3,
         Family::Gemma2,
         Family::Gemma3,
+        Family::Phi3,
     ];
 
     /// Gemma 2 or 3.
@@ -176,6 +192,7 @@ impl Family {
             Family::Qwen3 => "qwen3",
             Family::Gemma2 => "gemma2",
             Family::Gemma3 => "gemma3_text",
+            Family::Phi3 => "phi3",
         }
     }
 
@@ -188,6 +205,7 @@ impl Family {
             Family::Qwen3 => "Qwen3ForCausalLM",
             Family::Gemma2 => "Gemma2ForCausalLM",
             Family::Gemma3 => "Gemma3ForCausalLM",
+            Family::Phi3 => "Phi3ForCausalLM",
         }
     }
 
@@ -335,6 +353,24 @@ impl LlamaConfig {
                 }
             }
         }
+        // Settings a family's transformers class ignores are refused rather than ignored here
+        // too: a checkpoint made under them would not be what the config says.
+        let ignores_attention_bias =
+            matches!(family, Family::Mistral | Family::Qwen2 | Family::Phi3);
+        if ignores_attention_bias && self.attention_bias {
+            return Err((
+                "attention_bias",
+                format!("false ({} has no such setting)", family.model_type()),
+                "true".into(),
+            ));
+        }
+        if family != Family::Llama && self.mlp_bias {
+            return Err((
+                "mlp_bias",
+                format!("false ({} has no such setting)", family.model_type()),
+                "true".into(),
+            ));
+        }
         if self.use_bidirectional_attention == Some(true) {
             return Err((
                 "use_bidirectional_attention",
@@ -378,7 +414,20 @@ impl LlamaConfig {
                 "true".into(),
             ));
         }
-        if family == Family::Mistral && self.sliding_window == Some(0) {
+        if family == Family::Phi3 {
+            let factor = self
+                .partial_rotary_factor
+                .or(self.rope().partial_rotary_factor)
+                .unwrap_or(1.0);
+            if factor != 1.0 {
+                return Err((
+                    "partial_rotary_factor",
+                    "1.0 (partial rotary embeddings are not implemented)".into(),
+                    factor.to_string(),
+                ));
+            }
+        }
+        if matches!(family, Family::Mistral | Family::Phi3) && self.sliding_window == Some(0) {
             return Err(("sliding_window", "null or at least 1".into(), "0".into()));
         }
         let mut sizes = vec![
@@ -542,7 +591,7 @@ impl LlamaConfig {
     /// attention.
     pub fn attention_window(&self, layer: usize) -> Option<usize> {
         match self.family() {
-            Family::Mistral => self.sliding_window,
+            Family::Mistral | Family::Phi3 => self.sliding_window,
             Family::Gemma2 | Family::Gemma3 => {
                 let sliding = match &self.layer_types {
                     Some(t) => t.get(layer).is_some_and(|t| t == "sliding_attention"),

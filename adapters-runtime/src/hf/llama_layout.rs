@@ -67,6 +67,28 @@ pub const PROJECTIONS: [Projection; 7] = [
     },
 ];
 
+/// Phi-3's four projections per layer: q, k and v fused into `qkv_proj` (rows: q, then k, then
+/// v), gate and up into `gate_up_proj` (rows: gate, then up); PEFT adapts each fused module as
+/// one.
+pub const FUSED_PROJECTIONS: [Projection; 4] = [
+    Projection {
+        block: "self_attn",
+        name: "qkv_proj",
+    },
+    Projection {
+        block: "self_attn",
+        name: "o_proj",
+    },
+    Projection {
+        block: "mlp",
+        name: "gate_up_proj",
+    },
+    Projection {
+        block: "mlp",
+        name: "down_proj",
+    },
+];
+
 /// One kind of weight of the model, with its dimensions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModuleDims {
@@ -133,11 +155,16 @@ impl<'a> LlamaLayout<'a> {
             Family::Llama => (c.attention_bias, c.attention_bias, c.mlp_bias),
             Family::Mistral => (false, false, false),
             Family::Qwen2 => (true, false, false),
+            Family::Phi3 => (false, false, false),
             Family::Qwen3 | Family::Gemma2 | Family::Gemma3 => {
                 (c.attention_bias, c.attention_bias, false)
             }
         };
+        let fused = c.family() == Family::Phi3;
         Some(match name {
+            "qkv_proj" if fused => (h, q.checked_add(kv.checked_mul(2)?)?, false),
+            "gate_up_proj" if fused => (h, i.checked_mul(2)?, false),
+            "q_proj" | "k_proj" | "v_proj" | "gate_proj" | "up_proj" if fused => return None,
             "q_proj" => (h, q, qkv_b),
             "k_proj" | "v_proj" => (h, kv, qkv_b),
             "o_proj" => (q, h, o_b),
@@ -145,6 +172,15 @@ impl<'a> LlamaLayout<'a> {
             "down_proj" => (i, h, mb),
             _ => return None,
         })
+    }
+
+    /// The projections of every layer: the seven of Llama, or Phi-3's four fused ones.
+    pub fn projections(&self) -> &'static [Projection] {
+        if self.config.family() == Family::Phi3 {
+            &FUSED_PROJECTIONS
+        } else {
+            &PROJECTIONS
+        }
     }
 
     /// The module path of layer `layer`'s projection (`model.layers.3.self_attn.q_proj`).
@@ -165,7 +201,7 @@ impl<'a> LlamaLayout<'a> {
             embedding: true,
             tied: false,
         }];
-        for p in &PROJECTIONS {
+        for p in self.projections() {
             let (din, dout, bias) = self.projection_dims(p.name).unwrap_or_default();
             out.push(ModuleDims {
                 name: p.name,
@@ -243,7 +279,7 @@ impl<'a> LlamaLayout<'a> {
                     out.push(spec(name, vec![c.head_dim()], TensorRole::NormScale));
                 }
             }
-            for p in &PROJECTIONS {
+            for p in self.projections() {
                 let (din, dout, bias) = self.projection_dims(p.name).unwrap_or_default();
                 let path = Self::projection_path(l, p);
                 out.push(spec(

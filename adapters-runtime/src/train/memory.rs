@@ -9,7 +9,7 @@
 use crate::error::{AdapterError, Result};
 use crate::estimate::{self as est, human_bytes, BaseDType, BaseStorage, Method, QuantFormat};
 use crate::hf::llama_config::LlamaConfig;
-use crate::hf::llama_layout::{LlamaLayout, ModuleDims, PROJECTIONS};
+use crate::hf::llama_layout::{LlamaLayout, ModuleDims};
 use crate::io::table::{thousands, Table};
 use std::fmt;
 
@@ -69,7 +69,11 @@ fn resolve_targets(modules: &[ModuleDims], targets: &[String]) -> Result<Vec<&'s
     let mut out: Vec<&'static str> = Vec::new();
     for t in targets.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
         let names: Vec<&'static str> = if t == "all-linear" {
-            PROJECTIONS.iter().map(|p| p.name).collect()
+            modules
+                .iter()
+                .filter(|m| !m.embedding && m.name != "lm_head")
+                .map(|m| m.name)
+                .collect()
         } else {
             match modules.iter().find(|m| m.name == t) {
                 Some(m) => vec![m.name],
@@ -156,7 +160,7 @@ pub fn estimate_training_quantized(
                 est::linear_params(d.din, d.dout, d.bias)
             };
             frozen = est::add(frozen, est::mul(count, params));
-            let projection = PROJECTIONS.iter().any(|p| p.name == d.name);
+            let projection = !d.embedding && d.name != "lm_head";
             let bytes = match (projection, quant) {
                 (true, Some(q)) => {
                     if !q.fits_row(d.din) {

@@ -14,5 +14,7 @@ pub use load::{
     random_weights, LoadedLlama,
 };
 pub use load_gguf::load_gguf;
-pub use model::{Attention, BaseMode, BaseQuant, Block, Llama, LmHead, Mlp};
+pub use model::{
+    Attention, BaseMode, BaseQuant, Block, FusedAttention, FusedMlp, Llama, LmHead, Mlp,
+};
 pub use rope::Rope;

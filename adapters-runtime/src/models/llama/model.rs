@@ -15,7 +15,7 @@ use crate::nn::ops::{silu, softmax_last_dim};
 use crate::nn::RmsNorm;
 use crate::ops::frozen_matmul;
 use crate::quant::QuantWeight;
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -117,14 +117,82 @@ pub struct Attention {
     /// Qwen3's per-head key norm.
     #[frozen]
     k_norm: Option<RmsNorm>,
+    core: AttnCore,
+}
+
+/// What attention does after the projections: heads, RoPE, scaled (and soft-capped) scores,
+/// the mask, softmax, the weighted values.
+#[derive(Clone, Debug)]
+struct AttnCore {
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
-    /// The query scale: `1/√head_dim`, Gemma 2's `query_pre_attn_scalar^-1/2`.
+    /// The query scale: `1/√head_dim`, Gemma's `query_pre_attn_scalar^-1/2`.
     q_scale: f64,
     /// Gemma 2's attention soft-capping.
     softcap: Option<f64>,
     rope: Arc<Rope>,
+}
+
+impl AttnCore {
+    fn new(cfg: &LlamaConfig, rope: Arc<Rope>) -> Self {
+        Self {
+            n_heads: cfg.num_attention_heads,
+            n_kv_heads: cfg.kv_heads(),
+            head_dim: cfg.head_dim(),
+            q_scale: match cfg.family() {
+                f if f.is_gemma() => 1.0 / cfg.query_pre_attn_scalar.unwrap_or(256.0).sqrt(),
+                _ => 1.0 / (cfg.head_dim() as f64).sqrt(),
+            },
+            softcap: match cfg.family() {
+                Family::Gemma2 => Some(cfg.attn_logit_softcapping.unwrap_or(50.0)),
+                // Gemma 3 keeps the setting but transformers never applies it.
+                _ => None,
+            },
+            rope,
+        }
+    }
+}
+
+/// Phi-3's self-attention: q, k and v from one fused projection (rows: q, k, v), adapted as
+/// one module.
+#[adapter(dora, rank = 8, alpha = 16.0, crate = crate)]
+pub struct FusedAttention {
+    #[adapt]
+    qkv_proj: Linear,
+    #[adapt]
+    o_proj: Linear,
+    core: AttnCore,
+}
+
+impl FusedAttention {
+    fn load(
+        cfg: &LlamaConfig,
+        vb: VarBuilder,
+        rope: Arc<Rope>,
+        load: Load,
+    ) -> candle_core::Result<Self> {
+        Ok(Self {
+            qkv_proj: projection(cfg, "qkv_proj", &vb, load)?,
+            o_proj: projection(cfg, "o_proj", &vb, load)?,
+            core: AttnCore::new(cfg, rope),
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let c = &self.core;
+        let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let y = self.qkv_proj.forward(x)?;
+        let out = attend(
+            c,
+            (&None, &None),
+            y.narrow(D::Minus1, 0, q)?.contiguous()?,
+            y.narrow(D::Minus1, q, kv)?.contiguous()?,
+            y.narrow(D::Minus1, q + kv, kv)?.contiguous()?,
+            mask,
+        )?;
+        self.o_proj.forward(&out)
+    }
 }
 
 impl Attention {
@@ -148,67 +216,73 @@ impl Attention {
             o_proj: projection(cfg, "o_proj", &vb, load)?,
             q_norm: qk_norm(layout::QK_NORMS[0])?,
             k_norm: qk_norm(layout::QK_NORMS[1])?,
-            n_heads: cfg.num_attention_heads,
-            n_kv_heads: cfg.kv_heads(),
-            head_dim: cfg.head_dim(),
-            q_scale: match cfg.family() {
-                f if f.is_gemma() => 1.0 / cfg.query_pre_attn_scalar.unwrap_or(256.0).sqrt(),
-                _ => 1.0 / (cfg.head_dim() as f64).sqrt(),
-            },
-            softcap: match cfg.family() {
-                Family::Gemma2 => Some(cfg.attn_logit_softcapping.unwrap_or(50.0)),
-                // Gemma 3 keeps the setting but transformers never applies it.
-                _ => None,
-            },
-            rope,
+            core: AttnCore::new(cfg, rope),
         })
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let heads = |y: Tensor, n: usize| {
-            y.reshape((b, t, n, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        // Qwen3 normalises each head of q and k over its width before RoPE.
-        let norm = |y: Tensor, n: &Option<RmsNorm>| match n {
-            Some(n) => n.forward(&y),
-            None => Ok(y),
-        };
-        let q = heads(self.q_proj.forward(x)?, self.n_heads)?;
-        let q = self.rope.apply(&norm(q, &self.q_norm)?)?;
-        let k = heads(self.k_proj.forward(x)?, self.n_kv_heads)?;
-        let k = self.rope.apply(&norm(k, &self.k_norm)?)?;
-        let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
-        let (h, kv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let rep = h / kv;
-        // The 1/√d scale on q ([b, h, t, d]) rather than on the [b, h, t, t] scores: one fewer
-        // t × t buffer kept for the backward pass.
-        let q = (q * self.q_scale)?;
-        // Grouped-query attention without repeating k and v: the `rep` query heads that share a
-        // key/value head are adjacent, so q as [b, kv, rep·t, d] multiplies that head's k and v
-        // directly (the same dot products as repeated heads, no [b, h, t, d] copies of k and v).
-        let scores = q
-            .reshape((b, kv, rep * t, d))?
-            .matmul(&k.t()?)?
-            .reshape((b, h, t, t))?;
-        let scores = scores.to_dtype(DType::F32)?;
-        // Gemma 2: cap · tanh(scores / cap), before the mask.
-        let scores = match self.softcap {
-            Some(cap) => ((scores / cap)?.tanh()? * cap)?,
-            None => scores,
-        };
-        let scores = scores.broadcast_add(mask)?;
-        let probs = softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        let out = probs
-            .reshape((b, kv, rep * t, t))?
-            .matmul(&v)?
-            .reshape((b, h, t, d))?
-            .transpose(1, 2)?
-            .reshape((b, t, h * d))?;
+        let out = attend(
+            &self.core,
+            (&self.q_norm, &self.k_norm),
+            self.q_proj.forward(x)?,
+            self.k_proj.forward(x)?,
+            self.v_proj.forward(x)?,
+            mask,
+        )?;
         self.o_proj.forward(&out)
     }
+}
+
+/// Attention over projected `q [b, t, h·d]`, `k`, `v [b, t, kv·d]`: `[b, t, h·d]`, before the
+/// output projection. `norms` are Qwen3 / Gemma 3's per-head query and key norms.
+fn attend(
+    c: &AttnCore,
+    norms: (&Option<RmsNorm>, &Option<RmsNorm>),
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let (b, t, _) = q.dims3()?;
+    let heads = |y: Tensor, n: usize| {
+        y.reshape((b, t, n, c.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    // Qwen3 / Gemma 3 normalise each head of q and k over its width before RoPE.
+    let norm = |y: Tensor, n: &Option<RmsNorm>| match n {
+        Some(n) => n.forward(&y),
+        None => Ok(y),
+    };
+    let q = c.rope.apply(&norm(heads(q, c.n_heads)?, norms.0)?)?;
+    let k = c.rope.apply(&norm(heads(k, c.n_kv_heads)?, norms.1)?)?;
+    let v = heads(v, c.n_kv_heads)?;
+    let (h, kv, d) = (c.n_heads, c.n_kv_heads, c.head_dim);
+    let rep = h / kv;
+    // The query scale on q ([b, h, t, d]) rather than on the [b, h, t, t] scores: one fewer
+    // t × t buffer kept for the backward pass.
+    let q = (q * c.q_scale)?;
+    // Grouped-query attention without repeating k and v: the `rep` query heads that share a
+    // key/value head are adjacent, so q as [b, kv, rep·t, d] multiplies that head's k and v
+    // directly (the same dot products as repeated heads, no [b, h, t, d] copies of k and v).
+    let scores = q
+        .reshape((b, kv, rep * t, d))?
+        .matmul(&k.t()?)?
+        .reshape((b, h, t, t))?;
+    let scores = scores.to_dtype(DType::F32)?;
+    // Gemma 2: cap · tanh(scores / cap), before the mask.
+    let scores = match c.softcap {
+        Some(cap) => ((scores / cap)?.tanh()? * cap)?,
+        None => scores,
+    };
+    let scores = scores.broadcast_add(mask)?;
+    let probs = softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+    probs
+        .reshape((b, kv, rep * t, t))?
+        .matmul(&v)?
+        .reshape((b, h, t, d))?
+        .transpose(1, 2)?
+        .reshape((b, t, h * d))
 }
 
 /// The SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))`.
@@ -245,13 +319,46 @@ impl Mlp {
     }
 }
 
+/// Phi-3's MLP: gate and up from one fused projection (rows: gate, then up), adapted as one
+/// module: `down(silu(gate) ⊙ up)`.
+#[adapter(dora, rank = 8, alpha = 16.0, crate = crate)]
+pub struct FusedMlp {
+    #[adapt]
+    gate_up_proj: Linear,
+    #[adapt]
+    down_proj: Linear,
+    intermediate: usize,
+}
+
+impl FusedMlp {
+    fn load(cfg: &LlamaConfig, vb: VarBuilder, load: Load) -> candle_core::Result<Self> {
+        Ok(Self {
+            gate_up_proj: projection(cfg, "gate_up_proj", &vb, load)?,
+            down_proj: projection(cfg, "down_proj", &vb, load)?,
+            intermediate: cfg.intermediate_size,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.gate_up_proj.forward(x)?;
+        let i = self.intermediate;
+        let gate = silu(&y.narrow(D::Minus1, 0, i)?.contiguous()?)?;
+        let up = y.narrow(D::Minus1, i, i)?;
+        self.down_proj.forward(&(gate * up)?)
+    }
+}
+
 /// One decoder layer (pre-norm attention and MLP with residuals).
 #[adapter(dora, rank = 8, alpha = 16.0, crate = crate)]
 pub struct Block {
     #[frozen]
     input_layernorm: RmsNorm,
+    /// The attention (one; none for Phi-3).
     #[nested]
-    self_attn: Attention,
+    self_attn: Vec<Attention>,
+    /// Phi-3's fused attention (one; none for the other families).
+    #[nested]
+    fused_attn: Vec<FusedAttention>,
     #[frozen]
     post_attention_layernorm: RmsNorm,
     /// Gemma 2's norm of the MLP input (its `post_attention_layernorm` normalises the attention
@@ -261,8 +368,12 @@ pub struct Block {
     /// Gemma 2's norm of the MLP output.
     #[frozen]
     post_feedforward_layernorm: Option<RmsNorm>,
+    /// The MLP (one; none for Phi-3).
     #[nested]
-    mlp: Mlp,
+    mlp: Vec<Mlp>,
+    /// Phi-3's fused MLP (one; none for the other families).
+    #[nested]
+    fused_mlp: Vec<FusedMlp>,
     /// The attention window of this layer (`None`: full causal attention).
     window: Option<usize>,
 }
@@ -284,22 +395,89 @@ impl Block {
                 Ok(None)
             }
         };
+        let fused = cfg.family() == Family::Phi3;
+        let (self_attn, fused_attn) = if fused {
+            let a = FusedAttention::load(cfg, vb.pp("self_attn"), rope, load)?;
+            (Vec::new(), vec![a])
+        } else {
+            (
+                vec![Attention::load(cfg, vb.pp("self_attn"), rope, load)?],
+                Vec::new(),
+            )
+        };
+        let (mlp, fused_mlp) = if fused {
+            (Vec::new(), vec![FusedMlp::load(cfg, vb.pp("mlp"), load)?])
+        } else {
+            (vec![Mlp::load(cfg, vb.pp("mlp"), load)?], Vec::new())
+        };
         Ok(Self {
             input_layernorm: norm(layout::LAYER_NORMS[0])?,
-            self_attn: Attention::load(cfg, vb.pp("self_attn"), rope, load)?,
+            self_attn,
+            fused_attn,
             post_attention_layernorm: norm(layout::LAYER_NORMS[1])?,
             pre_feedforward_layernorm: gemma_norm(layout::GEMMA_MLP_NORMS[0])?,
             post_feedforward_layernorm: gemma_norm(layout::GEMMA_MLP_NORMS[1])?,
-            mlp: Mlp::load(cfg, vb.pp("mlp"), load)?,
+            mlp,
+            fused_mlp,
             window: cfg.attention_window(layer),
         })
     }
 
+    fn attention(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        match (self.self_attn.first(), self.fused_attn.first()) {
+            (Some(a), _) => a.forward(x, mask),
+            (None, Some(a)) => a.forward(x, mask),
+            (None, None) => candle_core::bail!("a decoder layer without attention"),
+        }
+    }
+
+    fn mlp(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match (self.mlp.first(), self.fused_mlp.first()) {
+            (Some(m), _) => m.forward(x),
+            (None, Some(m)) => m.forward(x),
+            (None, None) => candle_core::bail!("a decoder layer without an MLP"),
+        }
+    }
+
+    /// The layer's projections by name (`q_proj`, … or Phi-3's `qkv_proj`, …).
+    fn projection(&self, name: &str) -> Option<&AdaptedLinear> {
+        if let Some(a) = self.self_attn.first() {
+            let l = match name {
+                "q_proj" => &a.q_proj,
+                "k_proj" => &a.k_proj,
+                "v_proj" => &a.v_proj,
+                "o_proj" => &a.o_proj,
+                _ => return self.mlp_projection(name),
+            };
+            return Some(l);
+        }
+        match (name, self.fused_attn.first()) {
+            ("qkv_proj", Some(a)) => Some(&a.qkv_proj),
+            ("o_proj", Some(a)) => Some(&a.o_proj),
+            _ => self.mlp_projection(name),
+        }
+    }
+
+    fn mlp_projection(&self, name: &str) -> Option<&AdaptedLinear> {
+        if let Some(m) = self.mlp.first() {
+            return match name {
+                "gate_proj" => Some(&m.gate_proj),
+                "up_proj" => Some(&m.up_proj),
+                "down_proj" => Some(&m.down_proj),
+                _ => None,
+            };
+        }
+        let m = self.fused_mlp.first()?;
+        match name {
+            "gate_up_proj" => Some(&m.gate_up_proj),
+            "down_proj" => Some(&m.down_proj),
+            _ => None,
+        }
+    }
+
     fn forward(&self, x: &Tensor, masks: &Masks) -> candle_core::Result<Tensor> {
         let mask = masks.get(self.window);
-        let attn = self
-            .self_attn
-            .forward(&self.input_layernorm.forward(x)?, mask)?;
+        let attn = self.attention(&self.input_layernorm.forward(x)?, mask)?;
         match (
             &self.pre_feedforward_layernorm,
             &self.post_feedforward_layernorm,
@@ -307,14 +485,12 @@ impl Block {
             // Gemma 2: norms after attention and around the MLP.
             (Some(pre), Some(post)) => {
                 let h = (x + self.post_attention_layernorm.forward(&attn)?)?;
-                let m = self.mlp.forward(&pre.forward(&h)?)?;
+                let m = self.mlp(&pre.forward(&h)?)?;
                 &h + post.forward(&m)?
             }
             _ => {
                 let h = (x + attn)?;
-                &h + self
-                    .mlp
-                    .forward(&self.post_attention_layernorm.forward(&h)?)?
+                &h + self.mlp(&self.post_attention_layernorm.forward(&h)?)?
             }
         }
     }
@@ -554,18 +730,15 @@ impl Llama {
                     out.push((format!("{}.{i}.{name}.weight", layout::LAYERS), stored(n)?));
                 }
             }
-            let (a, m) = (&l.self_attn, &l.mlp);
-            let linears = [
-                &a.q_proj,
-                &a.k_proj,
-                &a.v_proj,
-                &a.o_proj,
-                &m.gate_proj,
-                &m.up_proj,
-                &m.down_proj,
-            ];
-            for (p, lin) in layout::PROJECTIONS.iter().zip(linears) {
+            for p in LlamaLayout::new(&self.config).projections() {
                 let path = LlamaLayout::projection_path(i, p);
+                let lin =
+                    l.projection(p.name)
+                        .ok_or_else(|| crate::AdapterError::InvalidState {
+                            layer: path.clone(),
+                            op: "base_tensors",
+                            reason: "the layer has no such projection".into(),
+                        })?;
                 let w = if merged {
                     lin.merged_weight_tensor()?
                 } else {
@@ -576,7 +749,12 @@ impl Llama {
                     out.push((format!("{path}.bias"), b.clone()));
                 }
             }
-            for (name, norm) in layout::QK_NORMS.iter().zip([&a.q_norm, &a.k_norm]) {
+            let no_norms = (None, None);
+            let (qn, kn) = l
+                .self_attn
+                .first()
+                .map_or(no_norms, |a| (a.q_norm.as_ref(), a.k_norm.as_ref()));
+            for (name, norm) in layout::QK_NORMS.iter().zip([qn, kn]) {
                 if let Some(n) = norm {
                     let key = format!("{}.{i}.self_attn.{name}.weight", layout::LAYERS);
                     out.push((key, stored(n)?));
