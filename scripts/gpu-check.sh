@@ -180,35 +180,25 @@ if wants peft; then
   fi
 fi
 
-# --- 5. model-level training, ours and PEFT's in the same call ------------------------------
-if wants train; then
-  if [ -z "${exe[bench_train]:-}" ]; then record train "FAIL: bench_train not in $bin"
-  elif ! "$PYTHON" -c 'import torch, transformers, peft' 2>/dev/null; then
-    record train "skipped: $PYTHON cannot import torch, transformers and peft"
-  else
-    echo "gpu-check: [train] peft_train_compare.py --preset llama-1b --dtype bf16 --batch 4 --seq 1024 --rank 16"
-    if "$PYTHON" "$repo/scripts/peft_train_compare.py" --bin "${exe[bench_train]}" --device cuda \
-      --dtype bf16 --preset llama-1b --batch 4 --seq 1024 --rank 16 --rounds 1 --steps 5 \
-      --json "$out/train_compare.json" >"$out/train_compare.log" 2>&1; then
-      record train ok
-    else record train "FAIL (exit $?): $(tail -3 "$out/train_compare.log" | tr '\n' ' ')"; fi
+# --- 5 and 6. model-level training, ours and PEFT's in the same call: dense (train) and over an
+# NF4 base against PEFT + bitsandbytes 4-bit (qlora) ------------------------------------------
+# compare STEP MODULES [EXTRA ARGS...]: the 1B shape, bf16, 4 × 1024 tokens, r = 16.
+compare() {
+  local step=$1 modules=$2; shift 2
+  wants "$step" || return 0
+  if [ -z "${exe[bench_train]:-}" ]; then record "$step" "FAIL: bench_train not in $bin"; return 0; fi
+  if ! "$PYTHON" -c "import $modules" 2>/dev/null; then
+    record "$step" "skipped: $PYTHON cannot import $modules"; return 0
   fi
-fi
-
-# --- 6. QLoRA / QDoRA: an NF4 base, ours and PEFT + bitsandbytes in the same call -----------
-if wants qlora; then
-  if [ -z "${exe[bench_train]:-}" ]; then record qlora "FAIL: bench_train not in $bin"
-  elif ! "$PYTHON" -c 'import torch, transformers, peft, bitsandbytes' 2>/dev/null; then
-    record qlora "skipped: $PYTHON cannot import torch, transformers, peft and bitsandbytes"
-  else
-    echo "gpu-check: [qlora] peft_train_compare.py --quant nf4 --preset llama-1b --dtype bf16 --batch 4 --seq 1024 --rank 16"
-    if "$PYTHON" "$repo/scripts/peft_train_compare.py" --bin "${exe[bench_train]}" --device cuda \
-      --quant nf4 --dtype bf16 --preset llama-1b --batch 4 --seq 1024 --rank 16 --rounds 1 --steps 5 \
-      --json "$out/qlora_compare.json" >"$out/qlora_compare.log" 2>&1; then
-      record qlora ok
-    else record qlora "FAIL (exit $?): $(tail -3 "$out/qlora_compare.log" | tr '\n' ' ')"; fi
-  fi
-fi
+  echo "gpu-check: [$step] peft_train_compare.py $* --preset llama-1b --dtype bf16 --batch 4 --seq 1024 --rank 16"
+  if "$PYTHON" "$repo/scripts/peft_train_compare.py" --bin "${exe[bench_train]}" --device cuda "$@" \
+    --dtype bf16 --preset llama-1b --batch 4 --seq 1024 --rank 16 --rounds 1 --steps 5 \
+    --json "$out/${step}_compare.json" >"$out/${step}_compare.log" 2>&1; then
+    record "$step" ok
+  else record "$step" "FAIL (exit $?): $(tail -3 "$out/${step}_compare.log" | tr '\n' ' ')"; fi
+}
+compare train "torch, transformers, peft"
+compare qlora "torch, transformers, peft, bitsandbytes" --quant nf4
 
 # --- the table -----------------------------------------------------------------------------
 echo

@@ -214,7 +214,6 @@ fn unsupported_configs_are_refused() {
             .unwrap_or_else(|| panic!("{name} accepted"))
             .to_string();
         assert!(err.contains(field), "{name}: {err}");
-        let _ = field;
     }
     // A family this model does not implement, by `model_type` and by `architectures`.
     let tmp = std::env::temp_dir().join(format!("adapters-family-{}", std::process::id()));

@@ -278,13 +278,13 @@ fn run(args: Args) -> Res<()> {
         .attach_adapters_matching(&varmap, args.seed, &spec)
         .map_err(|e| format!("--targets `{}`: {e}", args.targets))?;
     // The estimate's storage format: --quant, or the GGUF's when all its projections share one.
-    let mut formats = std::collections::BTreeSet::new();
+    let mut formats = std::collections::HashSet::new();
     model.for_each_layer(&mut |_, l| {
-        formats.extend(l.quant_format().map(|f| f.name()));
+        formats.extend(l.quant_format());
     })?;
     let est_quant = match (quant, formats.len()) {
         (Some(q), _) => Some(q),
-        (None, 1) => formats.first().and_then(|f| QuantFormat::parse(f)),
+        (None, 1) => formats.into_iter().next(),
         _ => None,
     };
     report_counts(&model, &args, base_dtype, est_quant)?;

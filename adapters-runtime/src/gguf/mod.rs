@@ -9,6 +9,7 @@ pub mod check;
 pub mod inspect;
 pub mod llama;
 pub mod tokenizer;
+mod value;
 pub mod write;
 
 pub use inspect::{inspect_gguf, GgufInspection};
@@ -20,6 +21,7 @@ use candle_core::Device;
 use std::collections::HashMap;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use value::{as_int, describe};
 
 /// An open GGUF file: its metadata and tensor directory, tensors read on demand.
 pub struct GgufFile {
@@ -127,18 +129,9 @@ impl GgufFile {
         let Some(v) = self.get(key) else {
             return Ok(None);
         };
-        let n: Option<u64> = match v {
-            Value::U8(x) => Some(u64::from(*x)),
-            Value::U16(x) => Some(u64::from(*x)),
-            Value::U32(x) => Some(u64::from(*x)),
-            Value::U64(x) => Some(*x),
-            Value::I8(x) => u64::try_from(*x).ok(),
-            Value::I16(x) => u64::try_from(*x).ok(),
-            Value::I32(x) => u64::try_from(*x).ok(),
-            Value::I64(x) => u64::try_from(*x).ok(),
-            _ => None,
-        };
-        n.and_then(|n| usize::try_from(n).ok())
+        // A u64 above i64::MAX is out of range for any size here too.
+        as_int(v)
+            .and_then(|n| usize::try_from(n).ok())
             .map(Some)
             .ok_or_else(|| {
                 self.error(format!(
@@ -156,18 +149,5 @@ impl GgufFile {
             Some(Value::F64(x)) => Ok(Some(*x)),
             Some(v) => Err(self.error(format!("metadata `{key}` is {v:?}, expected a float"))),
         }
-    }
-}
-
-/// A metadata value for a message, bounded: scalars as they are, a string clipped to 64
-/// characters, an array by its length.
-fn describe(v: &Value) -> String {
-    match v {
-        Value::Array(items) => format!("an array of {} items", items.len()),
-        Value::String(s) if s.chars().count() > 64 => {
-            format!("the string {:?}…", s.chars().take(64).collect::<String>())
-        }
-        Value::String(s) => format!("the string {s:?}"),
-        other => format!("{other:?}"),
     }
 }

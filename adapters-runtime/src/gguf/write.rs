@@ -2,7 +2,7 @@
 //! only after every byte is written and synced), through candle's GGUF writer.
 
 use crate::error::{AdapterError, Result};
-use crate::io::atomic::{publish_mode, temp_beside};
+use crate::io::atomic::{publish, temp_beside};
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::QTensor;
 use std::io::{BufWriter, Write};
@@ -37,11 +37,5 @@ pub fn write_gguf(
         w.flush()
             .map_err(|e| AdapterError::io("writing", tmp.path(), e))?;
     }
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| AdapterError::io("syncing", tmp.path(), e))?;
-    publish_mode(tmp.path())?;
-    tmp.persist(path)
-        .map_err(|e| AdapterError::io("renaming into", path, e.error))?;
-    Ok(())
+    publish(tmp, path)
 }

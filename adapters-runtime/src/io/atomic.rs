@@ -241,6 +241,12 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = temp_beside(path)?;
     tmp.write_all(bytes)
         .map_err(|e| AdapterError::io("writing", tmp.path().to_path_buf(), e))?;
+    publish(tmp, path)
+}
+
+/// Publishes a completely written temporary file from [`temp_beside`] as `path`: synced, given
+/// the usual mode, renamed over `path`. On error nothing is published and the temporary goes.
+pub fn publish(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
     tmp.as_file()
         .sync_all()
         .map_err(|e| AdapterError::io("syncing", tmp.path().to_path_buf(), e))?;

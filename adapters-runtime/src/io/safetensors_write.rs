@@ -4,7 +4,7 @@
 //! once every tensor was written: a failure never touches an existing file.
 
 use crate::error::{AdapterError, Result};
-use crate::io::atomic::{publish_mode, temp_beside};
+use crate::io::atomic::{publish, temp_beside};
 use candle_core::{DType, Device, Tensor};
 use indicatif::ProgressBar;
 use safetensors::tensor::{Dtype, TensorView, View};
@@ -145,13 +145,7 @@ pub fn write_file(
     if let Some(e) = failure.borrow_mut().take() {
         return Err(e);
     }
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| AdapterError::io("syncing", tmp.path(), e))?;
-    publish_mode(tmp.path())?;
-    tmp.persist(path)
-        .map_err(|e| AdapterError::io("renaming into", path, e.error))?;
-    Ok(())
+    publish(tmp, path)
 }
 
 /// Why [`serialize_into`] failed.

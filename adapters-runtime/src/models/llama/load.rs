@@ -126,23 +126,35 @@ pub fn random_weights(
     seed: u64,
 ) -> Result<Vec<(String, Tensor)>> {
     use rand::SeedableRng;
-    use rand_distr::{Distribution, Normal};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let normal = Normal::new(0.0f32, 0.02).map_err(candle_core::Error::wrap)?;
     LlamaLayout::new(config)
         .tensors()
         .into_iter()
         .map(|spec| {
-            let n: usize = spec.shape.iter().product();
-            let values: Vec<f32> = match spec.role {
-                TensorRole::NormScale => vec![1.0; n],
-                TensorRole::Bias => vec![0.0; n],
-                TensorRole::Matrix => (0..n).map(|_| normal.sample(&mut rng)).collect(),
-            };
-            let t = Tensor::from_vec(values, spec.shape, device)?.to_dtype(dtype)?;
+            let t = init_tensor(&spec, &mut rng, dtype, device)?;
             Ok((spec.name, t))
         })
         .collect()
+}
+
+/// One tensor as HF initialises it (matrices N(0, 0.02) from `rng`, norm scales 1, biases 0).
+fn init_tensor(
+    spec: &crate::hf::llama_layout::TensorSpec,
+    rng: &mut rand::rngs::StdRng,
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    use rand_distr::{Distribution, Normal};
+    let n: usize = spec.shape.iter().product();
+    let values: Vec<f32> = match spec.role {
+        TensorRole::NormScale => vec![1.0; n],
+        TensorRole::Bias => vec![0.0; n],
+        TensorRole::Matrix => {
+            let normal = Normal::new(0.0f32, 0.02).map_err(candle_core::Error::wrap)?;
+            (0..n).map(|_| normal.sample(rng)).collect()
+        }
+    };
+    Tensor::from_vec(values, spec.shape.clone(), device)?.to_dtype(dtype)
 }
 
 /// A [`VarBuilder`] that makes each base tensor of `config`'s model when it is asked for, as
@@ -195,22 +207,16 @@ impl candle_nn::var_builder::SimpleBackend for RandomBackend {
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         use rand::SeedableRng;
-        use rand_distr::{Distribution, Normal};
         let Some(spec) = self.specs.get(name) else {
             candle_core::bail!("no tensor `{name}` in the model's layout")
         };
-        let n: usize = spec.shape.iter().product();
-        let values: Vec<f32> = match spec.role {
-            TensorRole::NormScale => vec![1.0; n],
-            TensorRole::Bias => vec![0.0; n],
-            TensorRole::Matrix => {
-                let seed = crate::seed::mix_seed(self.seed, crate::seed::fnv1a(name));
-                let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-                let normal = Normal::new(0.0f32, 0.02).map_err(candle_core::Error::wrap)?;
-                (0..n).map(|_| normal.sample(&mut rng)).collect()
-            }
-        };
-        Tensor::from_vec(values, spec.shape.clone(), dev)?.to_dtype(dtype)
+        let seed = crate::seed::mix_seed(self.seed, crate::seed::fnv1a(name));
+        init_tensor(
+            spec,
+            &mut rand::rngs::StdRng::seed_from_u64(seed),
+            dtype,
+            dev,
+        )
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
