@@ -8,8 +8,9 @@
 //! fixture, PEFT checkpoints (save / load), the training loop and the trainer's numerics, the
 //! `nn` drop-ins (forwards against candle's fused ops, gradients against finite differences and
 //! the unfused compositions), a forked candle-transformers Llama trained with them, and the
-//! non-finite-weight refusals and DoRA over all-zero base rows, and QLoRA / QDoRA over NF4 and
-//! GGML bases (the quantized product and dequantization on the device).
+//! non-finite-weight refusals and DoRA over all-zero base rows, QLoRA / QDoRA over NF4 and GGML
+//! bases (the quantized product and dequantization on the device), and generation through the
+//! key / value cache against the full forward pass and transformers' greedy tokens.
 
 // Each test file declares its own helper module (`mod common;`, …), as when built alone.
 #![allow(clippy::duplicate_mod)]
@@ -20,6 +21,8 @@ mod checkpoints;
 mod dora_norm;
 #[path = "fork_llama.rs"]
 mod fork_llama;
+#[path = "generate.rs"]
+mod generate;
 #[path = "layers.rs"]
 mod layers;
 #[path = "llama.rs"]

@@ -283,6 +283,17 @@ pub enum AdapterError {
         /// What went wrong.
         reason: String,
     },
+    /// A chat template could not be compiled or rendered, or refused the conversation.
+    #[error("chat template `{source_name}`: {reason}")]
+    ChatTemplate {
+        /// The template's source (a file, or the name it was given).
+        source_name: String,
+        /// What went wrong.
+        reason: String,
+        /// The message the template passed to `raise_exception` when it refused the
+        /// conversation (`Conversation roles must alternate user/assistant/…`).
+        raised: Option<String>,
+    },
     /// The training loss or gradient norm became NaN or infinite; training stopped.
     #[error("step {step}: {what} is {value}, not finite; training stopped ({})",
         last_checkpoint.as_ref().map_or_else(|| "no checkpoint was written".to_string(),

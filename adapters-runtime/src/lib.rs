@@ -15,22 +15,27 @@
 //! * [`models`]: a bundled, annotated Llama-family model loading HF checkpoints ([`hf`]).
 //! * [`quant`] / [`gguf`]: quantized frozen bases (NF4, and the GGML types of GGUF files) for
 //!   QLoRA / QDoRA training.
+//! * [`generate`]: text generation with a key / value cache (greedy or sampled, streamed).
+//! * [`chat`]: HF chat templates (Jinja), rendered as transformers' `apply_chat_template` does,
+//!   with the spans of each rendering the training loss covers.
 //! * [`estimate`]: the parameter / memory formulas as checked `const fn`s, shared with the
 //!   macro's constants and the `adapters` command.
 //!
 //! Modules depend one way, each only on those before it: [`error`] → [`seed`] →
 //! [`adapter_config`] / [`estimate`] / [`device`](mod@device) → [`io`] → [`quant`] → [`ops`] →
-//! [`layers`] → [`adapters`] → [`nn`] → [`hf`] → [`gguf`] → [`peft`] → [`models`] → [`train`] →
-//! the `adapters` binary.
+//! [`layers`] → [`adapters`] → [`nn`] → [`hf`] → [`chat`] → [`gguf`] → [`peft`] → [`models`] →
+//! [`train`] → [`generate`] → the `adapters` binary.
 
 #![warn(missing_docs)]
 
 pub mod adapter_config;
 pub mod adapters;
 pub mod alloc;
+pub mod chat;
 pub mod device;
 pub mod error;
 pub mod estimate;
+pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod io;

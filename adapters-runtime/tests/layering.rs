@@ -18,10 +18,12 @@ const ORDER: &[(&str, usize)] = &[
     ("adapters", 8),
     ("nn", 9),
     ("hf", 10),
+    ("chat", 10),
     ("gguf", 11),
     ("peft", 12),
     ("models", 13),
     ("train", 14),
+    ("generate", 15),
 ];
 
 fn rank(module: &str) -> Option<usize> {

@@ -160,6 +160,12 @@ struct Args {
     /// Skip malformed JSONL lines (counted) instead of failing.
     #[arg(long)]
     skip_bad_lines: bool,
+    /// Print greedy generations for the first N eval examples before and after training.
+    #[arg(long, default_value_t = 3)]
+    sample: usize,
+    /// New tokens per sample generation.
+    #[arg(long, default_value_t = 32)]
+    sample_tokens: usize,
 }
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -195,6 +201,12 @@ fn run(args: Args) -> Res<()> {
         }
         _ => Tokenizer::from_optional_file(args.tokenizer.as_deref())?,
     };
+    if let Some(t) = tok.chat_template()? {
+        println!(
+            "chat format: the chat template of {} ({{\"messages\"}} data is rendered with it)",
+            t.name()
+        );
+    }
 
     // The base model: given, or the embedded default (pretrained here once, then cached).
     let base_dir = match &args.model {
@@ -289,8 +301,12 @@ fn run(args: Args) -> Res<()> {
     };
     report_counts(&model, &args, base_dtype, est_quant)?;
 
-    let before = evaluate::score(&model, &tok, &eval_ex, &eval_batches, &device)?;
+    let before = evaluate::score(&model, &tok, &eval_ex, &eval_batches)?;
     print_scores("before fine-tuning", &before);
+    let samples = |when: &str, m: &Llama| {
+        evaluate::print_samples(when, m, &tok, &eval_ex, args.sample, args.sample_tokens)
+    };
+    samples("before fine-tuning", &model)?;
 
     // Train.
     let mut tc = TrainConfig::new(args.steps, args.lr);
@@ -322,8 +338,9 @@ fn run(args: Args) -> Res<()> {
         summary.final_loss().unwrap_or(f64::NAN)
     );
 
-    let after = evaluate::score(&model, &tok, &eval_ex, &eval_batches, &device)?;
+    let after = evaluate::score(&model, &tok, &eval_ex, &eval_batches)?;
     print_scores("after fine-tuning", &after);
+    samples("after fine-tuning", &model)?;
     println!(
         "eval loss {:.4} → {:.4}{}",
         before.loss,

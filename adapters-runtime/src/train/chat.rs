@@ -12,34 +12,7 @@
 //! Headers, contents and newlines are encoded separately, so token boundaries always fall between
 //! them (a SentencePiece tokenizer may add its word-start marker to each piece).
 
-use serde::{Deserialize, Serialize};
-
-/// One chat message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    /// The text of the message.
-    pub content: String,
-}
-
-impl Message {
-    /// A message.
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-        }
-    }
-
-    /// Whether the message is the model's (trained on).
-    pub fn is_assistant(&self) -> bool {
-        self.role == "assistant"
-    }
-}
-
-/// The roles a message may have.
-pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
+pub use crate::chat::{Message, ROLES};
 
 /// A piece of a rendered example: text to encode, or the EOS token.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -50,6 +50,6 @@ pub use pack::{
     PackOptions, Prepared, Sequence,
 };
 pub use schedule::LrSchedule;
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{Encoded, Tokenizer};
 pub use train_state::{latest_checkpoint, TrainerState};
 pub use trainer::{evaluate, TrainConfig, TrainSummary, Trainer};

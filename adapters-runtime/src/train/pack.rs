@@ -36,8 +36,12 @@ impl Sequence {
 }
 
 /// Encodes an example: `[BOS] text [EOS]`, `[BOS] prompt completion [EOS]` (loss on the
-/// completion and EOS), or `[BOS]` + the chat format (loss on assistant turns). BOS / EOS are
-/// left out when the tokenizer has none.
+/// completion and EOS), or a conversation (loss on the assistant turns). BOS / EOS are left out
+/// when the tokenizer has none. A conversation is rendered with the tokenizer's chat template
+/// when it has one ([`Tokenizer::chat_template`]: exactly transformers' `apply_chat_template`
+/// text, tokenized without added special tokens as transformers does — the template writes BOS
+/// itself; the loss covers the tokens overlapping each answer's span, its end-of-turn marker
+/// included), else with the built-in format of [`crate::train::chat`] after `[BOS]`.
 pub fn encode_example(tok: &Tokenizer, example: &Example) -> Result<Sequence> {
     encode_example_bounded(tok, example, usize::MAX).map(|(seq, _)| seq)
 }
@@ -88,6 +92,19 @@ pub fn encode_example_bounded(
     example: &Example,
     max_text_bytes: usize,
 ) -> Result<(Sequence, usize)> {
+    if let (Example::Chat(messages), Some(template)) = (example, tok.chat_template()?) {
+        let (mut text, spans) = template.render_with_assistant_spans(messages)?;
+        let keep = floor_char_boundary(&text, max_text_bytes);
+        let cut = text.len() - keep;
+        text.truncate(keep);
+        let enc = tok.encode_with_offsets(&text)?;
+        let mask = enc
+            .offsets
+            .iter()
+            .map(|&(a, b)| spans.iter().any(|s| a < s.end && s.start < b.max(a + 1)))
+            .collect();
+        return Ok((Sequence { ids: enc.ids, mask }, cut));
+    }
     let mut segments: Vec<(Segment, bool)> = match example {
         Example::Text(t) => vec![(Segment::Text(t.clone()), true), (Segment::Eos, true)],
         Example::PromptCompletion { prompt, completion } => vec![
@@ -118,8 +135,13 @@ pub fn encode_prompt(tok: &Tokenizer, prompt: &str) -> Result<Vec<u32>> {
         .collect())
 }
 
-/// The ids a model continues to answer a conversation: `[BOS]` + messages + `<|assistant|>\n`.
+/// The ids a model continues to answer a conversation: the chat template's rendering with the
+/// generation prompt (as transformers' `apply_chat_template(…, add_generation_prompt=True)`
+/// tokenizes it), or without a template `[BOS]` + messages + `<|assistant|>\n`.
 pub fn encode_chat_prompt(tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>> {
+    if let Some(template) = tok.chat_template()? {
+        return tok.encode(&template.render(messages, true)?);
+    }
     let segs: Vec<(Segment, bool)> = chat_prompt_segments(messages)
         .into_iter()
         .map(|s| (s, false))

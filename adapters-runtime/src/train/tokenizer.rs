@@ -1,12 +1,14 @@
 //! Tokenizers: an HF `tokenizer.json` (through the `tokenizers` crate) or a byte-level tokenizer
 //! (256 byte tokens, then BOS, EOS and PAD) when none is given.
 
+use crate::chat::ChatTemplate;
 use crate::error::{AdapterError, Result};
 use crate::io::bounded::{
     read_bounded, read_to_string_bounded, MAX_CONFIG_BYTES, MAX_TOKENIZER_BYTES,
 };
 use crate::train::chat::Segment;
 use std::path::Path;
+use std::sync::Arc;
 
 /// BOS id of the byte-level tokenizer.
 pub const BYTE_BOS: u32 = 256;
@@ -36,6 +38,15 @@ const PAD_NAMES: [&str; 5] = [
     "<|padding|>",
 ];
 
+/// Token ids of a text and, per id, the byte range `(start, end)` of the text it came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Encoded {
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// Per id, its bytes `start..end` in the text (empty for a token of no text).
+    pub offsets: Vec<(usize, usize)>,
+}
+
 /// A tokenizer with the special ids training needs.
 #[derive(Clone)]
 pub enum Tokenizer {
@@ -45,7 +56,7 @@ pub enum Tokenizer {
     Hf(Box<HfTokenizer>),
 }
 
-/// An HF tokenizer and its special ids.
+/// An HF tokenizer, its special ids and its chat template.
 #[derive(Clone)]
 pub struct HfTokenizer {
     inner: tokenizers::Tokenizer,
@@ -54,6 +65,20 @@ pub struct HfTokenizer {
     eos: Option<u32>,
     pad: u32,
     vocab: usize,
+    chat_template: TemplateSlot,
+}
+
+/// A tokenizer's chat template: none, compiled, or one that failed to compile (the failure is
+/// reported when a conversation needs the template, so text-only training is not blocked).
+#[derive(Clone, Default)]
+enum TemplateSlot {
+    #[default]
+    None,
+    Ready(Arc<ChatTemplate>),
+    Broken {
+        source_name: String,
+        reason: String,
+    },
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -86,6 +111,8 @@ impl Tokenizer {
     /// Loads an HF `tokenizer.json`. Special tokens come from a `tokenizer_config.json` beside it
     /// (`bos_token`, `eos_token`, `pad_token`) when present, else from well-known names
     /// (`<|begin_of_text|>` / `<s>`, `<|end_of_text|>` / `</s>`, `<pad>`, …); PAD falls back to EOS.
+    /// The chat template is the folder's (`chat_template.jinja`, `chat_template.json` or
+    /// `tokenizer_config.json`'s `chat_template`), if any.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = read_bounded(path, MAX_TOKENIZER_BYTES, "reading tokenizer")?;
@@ -97,7 +124,85 @@ impl Tokenizer {
             Some(p) => Some(read_config(&p)?),
             None => None,
         };
-        Self::from_bytes(&bytes, &path.display().to_string(), config.as_ref())
+        let tok = Self::from_bytes(&bytes, &path.display().to_string(), config.as_ref())?;
+        let template = match path.parent() {
+            Some(dir) => ChatTemplate::from_model_dir(dir),
+            None => Ok(None),
+        };
+        Ok(tok.with_chat_template_result(template))
+    }
+
+    /// [`Tokenizer::with_chat_template`] keeping a template's loading error for later.
+    pub(crate) fn with_chat_template_result(self, template: Result<Option<ChatTemplate>>) -> Self {
+        match self {
+            Tokenizer::Bytes => Tokenizer::Bytes,
+            Tokenizer::Hf(mut h) => {
+                h.chat_template = match template {
+                    Ok(Some(t)) => TemplateSlot::Ready(Arc::new(t)),
+                    Ok(None) => TemplateSlot::None,
+                    Err(e) => TemplateSlot::Broken {
+                        source_name: h.name.clone(),
+                        reason: e.to_string(),
+                    },
+                };
+                Tokenizer::Hf(h)
+            }
+        }
+    }
+
+    /// This tokenizer rendering conversations with `template` (`None`: the built-in format of
+    /// [`crate::train::chat`]). The byte-level tokenizer has no template and ignores it.
+    pub fn with_chat_template(self, template: Option<ChatTemplate>) -> Self {
+        self.with_chat_template_result(Ok(template))
+    }
+
+    /// The model's chat template, if it has one: conversations (`{"messages"}` examples, chat
+    /// prompts) are rendered with it, as transformers' `apply_chat_template` does. A template
+    /// that was found but failed to load is this error.
+    pub fn chat_template(&self) -> Result<Option<&ChatTemplate>> {
+        match self {
+            Tokenizer::Bytes => Ok(None),
+            Tokenizer::Hf(h) => match &h.chat_template {
+                TemplateSlot::None => Ok(None),
+                TemplateSlot::Ready(t) => Ok(Some(t)),
+                TemplateSlot::Broken {
+                    source_name,
+                    reason,
+                } => Err(AdapterError::ChatTemplate {
+                    source_name: source_name.clone(),
+                    reason: format!("the chat template could not be loaded: {reason}"),
+                    raised: None,
+                }),
+            },
+        }
+    }
+
+    /// The token string of `id` (special tokens included), if `id` is in the vocabulary.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        match self {
+            Tokenizer::Bytes => None,
+            Tokenizer::Hf(h) => h.inner.id_to_token(id),
+        }
+    }
+
+    /// Encodes text without adding special tokens, with each token's byte range in `text`.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<Encoded> {
+        match self {
+            Tokenizer::Bytes => Ok(Encoded {
+                ids: text.bytes().map(u32::from).collect(),
+                offsets: (0..text.len()).map(|i| (i, i + 1)).collect(),
+            }),
+            Tokenizer::Hf(h) => {
+                let enc = h
+                    .inner
+                    .encode(text, false)
+                    .map_err(|e| tok_err(&h.name, e))?;
+                Ok(Encoded {
+                    ids: enc.get_ids().to_vec(),
+                    offsets: enc.get_offsets().to_vec(),
+                })
+            }
+        }
     }
 
     /// Loads a `tokenizer.json` from memory; `name` names it in errors; `config` is the parsed
@@ -154,6 +259,7 @@ impl Tokenizer {
             eos,
             pad,
             vocab,
+            chat_template: TemplateSlot::None,
         })))
     }
 

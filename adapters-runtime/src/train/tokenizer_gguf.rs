@@ -1,6 +1,7 @@
 //! [`Tokenizer::from_gguf_metadata`] / [`Tokenizer::from_gguf_file`]: the tokenizer embedded in a
 //! GGUF file, through [`gguf_tokenizer_json`] (which builds it as transformers does).
 
+use crate::chat::ChatTemplate;
 use crate::error::{AdapterError, Result};
 use crate::gguf::tokenizer::gguf_tokenizer_json;
 use crate::train::tokenizer::Tokenizer;
@@ -23,7 +24,11 @@ impl Tokenizer {
                 source_name: file.display().to_string(),
                 reason: format!("serializing the tokenizer built from GGUF metadata: {e}"),
             })?;
-        Tokenizer::from_bytes(&bytes, &file.display().to_string(), Some(&built.config))
+        let name = file.display().to_string();
+        let tok = Tokenizer::from_bytes(&bytes, &name, Some(&built.config))?;
+        // `tokenizer.chat_template`, with the special tokens the metadata names.
+        let template = ChatTemplate::from_tokenizer_config(&built.config, &name);
+        Ok(tok.with_chat_template_result(template))
     }
 
     /// The tokenizer of a GGUF file: reads its header and metadata (not its tensors) with candle,

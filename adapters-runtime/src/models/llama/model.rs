@@ -3,6 +3,7 @@
 //! are frozen and counted. Dimensions come from `config.json` at run time, so the counts are the
 //! runtime ones (see `examples/finetune` for compile-time constants of a fixed-size model).
 
+use super::kv_cache::{KvCache, LayerKv};
 use super::rope::Rope;
 use crate::adapter;
 use crate::adapters::FrozenModule;
@@ -179,7 +180,7 @@ impl FusedAttention {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
         let c = &self.core;
         let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let y = self.qkv_proj.forward(x)?;
@@ -189,7 +190,7 @@ impl FusedAttention {
             y.narrow(D::Minus1, 0, q)?.contiguous()?,
             y.narrow(D::Minus1, q, kv)?.contiguous()?,
             y.narrow(D::Minus1, q + kv, kv)?.contiguous()?,
-            mask,
+            pass,
         )?;
         self.o_proj.forward(&out)
     }
@@ -220,17 +221,28 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
         let out = attend(
             &self.core,
             (&self.q_norm, &self.k_norm),
             self.q_proj.forward(x)?,
             self.k_proj.forward(x)?,
             self.v_proj.forward(x)?,
-            mask,
+            pass,
         )?;
         self.o_proj.forward(&out)
     }
+}
+
+/// What a layer's attention needs besides its input: where the input starts, its mask, and (in
+/// incremental decoding) the layer's key / value cache.
+struct Pass<'a> {
+    /// The position of the first input token (the number of positions already cached).
+    offset: usize,
+    /// The additive mask `[t, offset + t]`; `None` when every query sees every key.
+    mask: Option<&'a Tensor>,
+    /// The layer's cache: this pass's keys and values are appended, attention covers them all.
+    cache: Option<&'a mut LayerKv>,
 }
 
 /// Attention over projected `q [b, t, h·d]`, `k`, `v [b, t, kv·d]`: `[b, t, h·d]`, before the
@@ -241,7 +253,7 @@ fn attend(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    mask: &Tensor,
+    pass: Pass,
 ) -> candle_core::Result<Tensor> {
     let (b, t, _) = q.dims3()?;
     let heads = |y: Tensor, n: usize| {
@@ -254,9 +266,19 @@ fn attend(
         Some(n) => n.forward(&y),
         None => Ok(y),
     };
-    let q = c.rope.apply(&norm(heads(q, c.n_heads)?, norms.0)?)?;
-    let k = c.rope.apply(&norm(heads(k, c.n_kv_heads)?, norms.1)?)?;
+    let q = c
+        .rope
+        .apply_at(&norm(heads(q, c.n_heads)?, norms.0)?, pass.offset)?;
+    let k = c
+        .rope
+        .apply_at(&norm(heads(k, c.n_kv_heads)?, norms.1)?, pass.offset)?;
     let v = heads(v, c.n_kv_heads)?;
+    // Incremental decoding: the rotated keys and the values join those of earlier positions.
+    let (k, v) = match pass.cache {
+        Some(cache) => cache.append(&k, &v)?,
+        None => (k, v),
+    };
+    let s = k.dim(2)?;
     let (h, kv, d) = (c.n_heads, c.n_kv_heads, c.head_dim);
     let rep = h / kv;
     // The query scale on q ([b, h, t, d]) rather than on the [b, h, t, t] scores: one fewer
@@ -268,17 +290,20 @@ fn attend(
     let scores = q
         .reshape((b, kv, rep * t, d))?
         .matmul(&k.t()?)?
-        .reshape((b, h, t, t))?;
+        .reshape((b, h, t, s))?;
     let scores = scores.to_dtype(DType::F32)?;
     // Gemma 2: cap · tanh(scores / cap), before the mask.
     let scores = match c.softcap {
         Some(cap) => ((scores / cap)?.tanh()? * cap)?,
         None => scores,
     };
-    let scores = scores.broadcast_add(mask)?;
+    let scores = match pass.mask {
+        Some(mask) => scores.broadcast_add(mask)?,
+        None => scores,
+    };
     let probs = softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
     probs
-        .reshape((b, kv, rep * t, t))?
+        .reshape((b, kv, rep * t, s))?
         .matmul(&v)?
         .reshape((b, h, t, d))?
         .transpose(1, 2)?
@@ -423,10 +448,10 @@ impl Block {
         })
     }
 
-    fn attention(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    fn attention(&self, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
         match (self.self_attn.first(), self.fused_attn.first()) {
-            (Some(a), _) => a.forward(x, mask),
-            (None, Some(a)) => a.forward(x, mask),
+            (Some(a), _) => a.forward(x, pass),
+            (None, Some(a)) => a.forward(x, pass),
             (None, None) => candle_core::bail!("a decoder layer without attention"),
         }
     }
@@ -475,9 +500,18 @@ impl Block {
         }
     }
 
-    fn forward(&self, x: &Tensor, masks: &Masks) -> candle_core::Result<Tensor> {
-        let mask = masks.get(self.window);
-        let attn = self.attention(&self.input_layernorm.forward(x)?, mask)?;
+    fn forward(
+        &self,
+        x: &Tensor,
+        masks: &Masks,
+        cache: Option<&mut LayerKv>,
+    ) -> candle_core::Result<Tensor> {
+        let pass = Pass {
+            offset: masks.offset,
+            mask: masks.get(self.window),
+            cache,
+        };
+        let attn = self.attention(&self.input_layernorm.forward(x)?, pass)?;
         match (
             &self.pre_feedforward_layernorm,
             &self.post_feedforward_layernorm,
@@ -610,6 +644,11 @@ impl Llama {
         })
     }
 
+    /// An empty key / value cache for [`Llama::forward_cached`].
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
     /// The configuration.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
@@ -633,7 +672,33 @@ impl Llama {
     /// Logits `[batch, seq, vocab]` for `ids [batch, seq]` (causal attention).
     pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.forward_hidden(ids)?;
-        let logits = self.project(&h)?;
+        self.logits(&h)
+    }
+
+    /// Incremental decoding: runs `ids [batch, t]` as the positions after those in `cache`
+    /// (appending their keys and values to it) and returns the logits `[batch, vocab]` of the
+    /// last of them — the prompt first, then one sampled token per call. Every row of a batch is
+    /// at the same position (no padding). Gives the logits [`Llama::forward`] gives at that
+    /// position over the whole sequence. On an error the cache is cleared.
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> crate::Result<Tensor> {
+        let out = self.forward_cached_inner(ids, cache);
+        if out.is_err() {
+            cache.reset();
+        }
+        out
+    }
+
+    fn forward_cached_inner(&self, ids: &Tensor, cache: &mut KvCache) -> crate::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        cache.check(self.layers.len(), b, t, self.rope.max_positions())?;
+        let h = self.hidden(ids, Some(cache))?;
+        let last = h.narrow(1, t - 1, 1)?;
+        Ok(self.logits(&last)?.squeeze(1)?)
+    }
+
+    /// Logits from final-normed hidden states, soft-capped for Gemma 2.
+    fn logits(&self, h: &Tensor) -> candle_core::Result<Tensor> {
+        let logits = self.project(h)?;
         match self.logit_softcap() {
             // Gemma 2: cap · tanh(logits / cap).
             Some(cap) => (logits / cap)?.tanh()? * cap,
@@ -656,8 +721,16 @@ impl Llama {
     /// these with the frozen head weight and never form the full logits
     /// (`adapters_runtime::train::causal_lm_loss`).
     pub fn forward_hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.hidden(ids, None)
+    }
+
+    /// Final-normed hidden states of `ids`, as the positions after those in `cache` (whose
+    /// length it advances).
+    fn hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> candle_core::Result<Tensor> {
         let (_, t) = ids.dims2()?;
-        let masks = Masks::new(t, self.layers.iter().find_map(|l| l.window), self.device())?;
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        let window = self.layers.iter().find_map(|l| l.window);
+        let masks = Masks::new(t, offset, window, self.device())?;
         let mut h = self.embed_tokens.forward(ids)?;
         if self.config.family().is_gemma() {
             // Gemma: embeddings times √hidden, the factor rounded to the activation dtype.
@@ -665,8 +738,12 @@ impl Llama {
                 .to_dtype(h.dtype())?;
             h = h.broadcast_mul(&normalizer)?;
         }
-        for layer in &self.layers {
-            h = layer.forward(&h, &masks)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
+            h = layer.forward(&h, &masks, layer_cache)?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
         }
         self.norm.forward(&h)
     }
@@ -772,27 +849,36 @@ impl Llama {
     }
 }
 
-/// The causal mask, and the sliding-window one when a layer has a window.
+/// The causal mask of `t` queries after `offset` cached positions, and the sliding-window one
+/// when a layer has a window (`None`: nothing is masked).
 struct Masks {
-    full: Tensor,
+    offset: usize,
+    full: Option<Tensor>,
     sliding: Option<Tensor>,
 }
 
 impl Masks {
-    fn new(t: usize, window: Option<usize>, device: &Device) -> candle_core::Result<Self> {
+    fn new(
+        t: usize,
+        offset: usize,
+        window: Option<usize>,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
         Ok(Self {
-            full: causal_mask(t, None, device)?,
-            sliding: window
-                .map(|w| causal_mask(t, Some(w), device))
-                .transpose()?,
+            offset,
+            full: causal_mask(t, offset, None, device)?,
+            sliding: match window {
+                Some(w) => causal_mask(t, offset, Some(w), device)?,
+                None => None,
+            },
         })
     }
 
     /// The mask of a layer with `window` (all windowed layers of a model share one size).
-    fn get(&self, window: Option<usize>) -> &Tensor {
-        match (window, &self.sliding) {
-            (Some(_), Some(m)) => m,
-            _ => &self.full,
+    fn get(&self, window: Option<usize>) -> Option<&Tensor> {
+        match window {
+            Some(_) => self.sliding.as_ref(),
+            None => self.full.as_ref(),
         }
     }
 }
@@ -804,13 +890,25 @@ fn family_norm(cfg: &LlamaConfig, w: Tensor) -> candle_core::Result<RmsNorm> {
     Ok(RmsNorm::new(w, cfg.rms_norm_eps))
 }
 
-/// `[t, t]` additive mask: 0 where query `i` sees key `j`, −∞ elsewhere. Causal: `j ≤ i`; with
-/// a `window` (Mistral's sliding window, as transformers masks it) also `j > i − window`, so
-/// each position sees itself and the `window − 1` before it.
-fn causal_mask(t: usize, window: Option<usize>, device: &Device) -> candle_core::Result<Tensor> {
+/// `[t, offset + t]` additive mask of queries at positions `offset..offset + t` over keys at
+/// `0..offset + t`: 0 where query `i` sees key `j`, −∞ elsewhere. Causal: `j ≤ i`; with a
+/// `window` (Mistral's sliding window, as transformers masks it) also `j > i − window`, so each
+/// position sees itself and the `window − 1` before it. `None` when every query sees every key
+/// (one new token past a full-attention cache).
+fn causal_mask(
+    t: usize,
+    offset: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> candle_core::Result<Option<Tensor>> {
+    let keys = offset + t;
     let sees = move |i: usize, j: usize| j <= i && window.is_none_or(|w| i - j < w);
-    let v: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if sees(i, j) { 0.0 } else { f32::NEG_INFINITY }))
+    let all = (offset..keys).all(|i| (0..keys).all(|j| sees(i, j)));
+    if all {
+        return Ok(None);
+    }
+    let v: Vec<f32> = (offset..keys)
+        .flat_map(|i| (0..keys).map(move |j| if sees(i, j) { 0.0 } else { f32::NEG_INFINITY }))
         .collect();
-    Tensor::from_vec(v, (t, t), device)
+    Tensor::from_vec(v, (t, keys), device).map(Some)
 }

@@ -1,5 +1,7 @@
 //! `adapters`: inspect PEFT adapters and GGUF files, merge adapters into base checkpoints (HF or
-//! GGUF), estimate training memory.
+//! GGUF), estimate training memory, generate text.
+
+mod generate;
 
 use adapters_runtime::estimate::{BaseDType, Method};
 use adapters_runtime::gguf::{inspect_gguf, is_gguf_path};
@@ -89,6 +91,10 @@ enum Command {
         #[arg(long, value_name = "FORMAT")]
         quant: Option<String>,
     },
+    /// Generates text with a model (HF folder or .gguf file) and optionally a PEFT adapter:
+    /// continues --prompt, or chats (--chat) with the model's chat template. The text is
+    /// streamed to stdout; statistics go to stderr.
+    Generate(generate::GenerateArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -108,6 +114,10 @@ enum DTypeArg {
 fn run(cli: Cli) -> adapters_runtime::Result<String> {
     let mut report;
     match cli.command {
+        Command::Generate(args) => {
+            generate::run(args)?;
+            report = String::new();
+        }
         Command::Inspect { dir } if is_gguf_path(&dir) => report = inspect_gguf(&dir)?.to_string(),
         Command::Inspect { dir } => report = inspect_adapter(&dir)?.to_string(),
         Command::Merge {
