@@ -354,3 +354,61 @@ fn a_chat_session_reuses_the_cache() {
     let fresh = generate(&m, &tok, &full, &config, &mut cache, &mut |_| Ok(())).unwrap();
     assert_eq!(fresh.ids, second.ids);
 }
+
+/// Over a GGUF base, inference through GGML's quantized kernels (`Llama::set_ggml_kernels`, what
+/// `adapters generate` uses) stays within a few % of the exact dequantized logits — base Q4_K /
+/// Q6_K, and Q8_0 with a PEFT DoRA adapter unmerged (its norm through the kernels too) — and
+/// the cache is exact under the kernels: each step equals the full pass, greedy tokens equal
+/// recomputing the prefix.
+#[test]
+fn ggml_kernels_for_inference_over_gguf_bases() {
+    use adapters_runtime::models::llama::load_gguf;
+    let gguf = fixtures_root().join("gguf");
+    let adapter = fixtures_root().join("peft/tiny_llama_dora/adapter");
+    for (file, with_adapter) in [("tiny_llama_k.gguf", false), ("tiny_llama_q8_0.gguf", true)] {
+        let mut m = load_gguf(&gguf.join(file), DType::F32, &test_device())
+            .unwrap()
+            .model;
+        if with_adapter {
+            let opts = LoadOptions {
+                config_from_file: true,
+                ..LoadOptions::default()
+            };
+            load_adapter(&mut m, &adapter, &opts).unwrap();
+        }
+        let seq: Vec<u32> = (0..20).map(|i| (i * 29 + 5) % 96).collect();
+        let all = Tensor::new(seq.as_slice(), &test_device())
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let exact = m.forward(&all).unwrap();
+        assert_eq!(m.set_ggml_kernels(true), 14, "{file}");
+        let fast = m.forward(&all).unwrap();
+        let err = rel_err(&fast, &exact);
+        assert!(err > 0.0 && err < 3e-2, "{file}: kernels vs exact: {err:e}");
+        if test_device().is_cpu() {
+            let full = fast.squeeze(0).unwrap();
+            let mut cache = m.new_cache();
+            m.forward_cached(&all.narrow(1, 0, 4).unwrap(), &mut cache)
+                .unwrap();
+            for p in 4..seq.len() {
+                let step = m
+                    .forward_cached(&all.narrow(1, p, 1).unwrap(), &mut cache)
+                    .unwrap();
+                let want = full.get(p).unwrap().unsqueeze(0).unwrap();
+                assert!(rel_err(&step, &want) < 1e-5, "{file}: position {p}");
+            }
+            let prompt = &seq[..6];
+            assert_eq!(
+                greedy_cached(&m, prompt, 10),
+                greedy_uncached(&m, prompt, 10),
+                "{file}"
+            );
+        }
+        m.set_ggml_kernels(false);
+        assert!(
+            rel_err(&m.forward(&all).unwrap(), &exact) == 0.0,
+            "{file}: back to exact"
+        );
+    }
+}

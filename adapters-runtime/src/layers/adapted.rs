@@ -254,6 +254,11 @@ impl<K: LayerKind> Adapted<K> {
     pub(crate) fn norm_of(&self, ad: &Adapter) -> candle_core::Result<Tensor> {
         let a = ad.a.as_tensor().detach();
         let w_at = match &self.quant {
+            // Inference through GGML's kernels (`QuantWeight::set_ggml_kernels`).
+            Some(q) if q.ggml_kernels() && !K::IS_EMBEDDING => match q.ggml_times_at(&a) {
+                Some(w_at) => w_at?,
+                None => K::base_times_at(&q.dequantize(self.weight.dtype())?, &a)?,
+            },
             // W0 as the forward sees it: dequantized to the layer's dtype (bf16-rounded for a
             // bf16 model), then cast in chunks like a dense base.
             Some(q) => K::base_times_at(&q.dequantize(self.weight.dtype())?, &a)?,

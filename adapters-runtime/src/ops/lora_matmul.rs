@@ -117,10 +117,9 @@ fn cpu_fwd_fast<T: candle_core::WithDType>(
 ) -> Vec<T> {
     let (zero, one) = (T::from_f64(0.0), T::from_f64(1.0));
     let mut y: Vec<T> = Vec::with_capacity(m * n);
-    let mut xa = vec![zero; m * r];
-    // SAFETY: `y` has capacity m·n, written in full by the first (non-accumulating) product
-    // before `set_len`; the slices hold m·k, r·k, n·r and n·k elements (checked by `dims` and
-    // the contiguous layouts), which the strides below stay within.
+    // SAFETY: `y` has capacity m·n, written in full by the (non-accumulating) product before
+    // `set_len`; `x` and `w` hold m·k and n·k elements (checked by `dims` and the contiguous
+    // layouts), which the strides below stay within.
     unsafe {
         // Wᵀ [k, n]: element (kk, j) = W[j·k + kk].
         gemm_into(
@@ -133,6 +132,28 @@ fn cpu_fwd_fast<T: candle_core::WithDType>(
             (zero, one),
         );
         y.set_len(m * n);
+    }
+    cpu_add_lora(&mut y, x, a, b, b_rs, [m, k, r, n], scaling, scale);
+    y
+}
+
+/// `y += s·(x·Aᵀ)·Bᵀ` in place (`B`'s rows `b_rs` apart), then for DoRA `y ⊙= scale` per output.
+#[allow(clippy::too_many_arguments)]
+fn cpu_add_lora<T: candle_core::WithDType>(
+    y: &mut [T],
+    x: &[T],
+    a: &[T],
+    b: &[T],
+    b_rs: usize,
+    [m, k, r, n]: [usize; 4],
+    scaling: f64,
+    scale: Option<&[T]>,
+) {
+    let (zero, one) = (T::from_f64(0.0), T::from_f64(1.0));
+    let mut xa = vec![zero; m * r];
+    // SAFETY: `y` holds m·n elements; the slices hold m·k, r·k and n·r elements (checked by the
+    // callers against the layouts), which the strides below stay within.
+    unsafe {
         // Aᵀ [k, r]: element (kk, j) = A[j·k + kk].
         gemm_into(
             (m, r, k),
@@ -161,7 +182,6 @@ fn cpu_fwd_fast<T: candle_core::WithDType>(
             }
         });
     }
-    y
 }
 
 /// The CPU `dx` for a float type gemm handles: `dx = g·W0`, then `dx += gb·A` in place.
@@ -201,6 +221,57 @@ fn cpu_dx_fast<T: candle_core::WithDType>(
 }
 
 impl LoraMatmul {
+    /// The CPU forward over a GGML base with its kernels on (inference,
+    /// [`QuantWeight::set_ggml_kernels`]): `x·W0ᵀ` by GGML's quantized kernels, then the adapter
+    /// terms as [`cpu_fwd_fast`] adds them. `None` when that path does not apply (f32 and
+    /// contiguous inputs only).
+    fn cpu_fwd_ggml(
+        &self,
+        (x, xl): (&CpuStorage, &Layout),
+        (a, al): (&CpuStorage, &Layout),
+        (b, bl): (&CpuStorage, &Layout),
+    ) -> Option<candle_core::Result<(CpuStorage, Shape)>> {
+        let Base::Quant(q, _) = &self.weight else {
+            return None;
+        };
+        let (CpuStorage::F32(x), CpuStorage::F32(a), CpuStorage::F32(b)) = (x, a, b) else {
+            return None;
+        };
+        let (n, k) = q.dims();
+        let ([m, k1], [r, k2], [n1, r1]) = (xl.dims(), al.dims(), bl.dims()) else {
+            return None;
+        };
+        let (m, r) = (*m, *r);
+        if (*k1, *k2, *n1, *r1) != (k, k, n, r + self.extra()) || bl.stride()[1] != 1 {
+            return None;
+        }
+        let (xs, avs) = (slice(x, xl)?, slice(a, al)?);
+        let run = || -> candle_core::Result<(CpuStorage, Shape)> {
+            let Some(y) = q.ggml_forward_cpu(xs, m) else {
+                candle_core::bail!("lora_matmul: GGML kernels unavailable")
+            };
+            let mut y = y?;
+            let scale = match &self.dora {
+                Some(rows) => Some(rows.scale.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+                None => None,
+            };
+            let bs = &b[bl.start_offset()..];
+            let d = [m, k, r, n];
+            cpu_add_lora(
+                &mut y,
+                xs,
+                avs,
+                bs,
+                bl.stride()[0],
+                d,
+                self.scaling,
+                scale.as_deref(),
+            );
+            Ok((CpuStorage::F32(y), Shape::from((m, n))))
+        };
+        q.ggml_kernels().then(run)
+    }
+
     /// The generic forward: candle's backend matmul, affine, add (and DoRA's row scale).
     #[allow(clippy::too_many_arguments)]
     fn fwd_generic<S: BackendStorage>(
@@ -279,6 +350,9 @@ impl CustomOp3 for LoraMatmul {
         b: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if let Some(out) = self.cpu_fwd_ggml((x, xl), (a, al), (b, bl)) {
+            return out;
+        }
         let weight = self.weight.get()?;
         let (w, wl) = weight.storage_and_layout();
         let Storage::Cpu(w) = &*w else {

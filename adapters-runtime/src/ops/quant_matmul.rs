@@ -5,6 +5,8 @@
 //! layer at a time, on its device: candle's CUDA kernels for GGML types on a GPU) and run a plain
 //! GEMM, so the result is exactly the dequantized-f32 model's, and the backward returns
 //! `grad · deq(W)` — never a weight gradient. The transient buffer is one layer's `[out, in]`.
+//! For inference a GGML weight's forward can run GGML's quantized kernels instead
+//! ([`QuantWeight::set_ggml_kernels`]).
 
 use crate::ops::FrozenMatmul;
 use crate::quant::QuantWeight;
@@ -36,6 +38,13 @@ impl CustomOp1 for QuantMatmul {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        // Inference through GGML's kernels (`QuantWeight::set_ggml_kernels`), f32 input.
+        if let (CpuStorage::F32(xs), [m, _], Some((a, b))) = (x, l.dims(), l.contiguous_offsets()) {
+            if let Some(y) = self.weight.ggml_forward_cpu(&xs[a..b], *m) {
+                let n = self.weight.dims().0;
+                return Ok((CpuStorage::F32(y?), Shape::from((*m, n))));
+            }
+        }
         self.dense(x.dtype())?.cpu_fwd(x, l)
     }
 

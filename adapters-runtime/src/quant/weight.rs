@@ -4,25 +4,42 @@
 use crate::error::{AdapterError, Result};
 use crate::estimate::{self, QuantFormat};
 use crate::quant::nf4::Nf4Weight;
-use candle_core::quantized::{GgmlDType, QStorage, QTensor};
-use candle_core::{DType, Device, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// A frozen `[rows, cols]` (`[out, in]`) weight in a quantized format.
 ///
 /// It is only ever dequantized transiently (one layer at a time, inside the forward and backward
-/// of [`quant_matmul`](crate::ops::quant_matmul)); no full-precision copy is kept.
+/// of [`quant_matmul`](crate::ops::quant_matmul)); no full-precision copy is kept. For inference,
+/// a GGML weight's forward products can instead run GGML's quantized kernels
+/// ([`QuantWeight::set_ggml_kernels`]).
 ///
 /// Built only through [`QuantWeight::quantize`], [`QuantWeight::from_qtensor`] and
 /// [`QuantWeight::from_nf4`], which check the shape and format.
-pub struct QuantWeight(Inner);
+pub struct QuantWeight {
+    inner: Inner,
+    /// Forward products on the CPU through GGML's kernels rather than the dequantized weight.
+    ggml_kernels: AtomicBool,
+}
 
 /// The storage behind a [`QuantWeight`].
 enum Inner {
     /// bitsandbytes NF4 with double quantization.
     Nf4(Nf4Weight),
     /// A GGML block-quantized tensor (candle's `QTensor`, as read from a GGUF file).
-    Ggml(QTensor),
+    Ggml(Arc<QTensor>),
+}
+
+impl From<Inner> for QuantWeight {
+    fn from(inner: Inner) -> Self {
+        Self {
+            inner,
+            ggml_kernels: AtomicBool::new(false),
+        }
+    }
 }
 
 impl std::fmt::Debug for QuantWeight {
@@ -102,27 +119,27 @@ impl QuantWeight {
         }
         let q = match ggml_of_format(format) {
             None => Inner::Nf4(Nf4Weight::quantize(w)?),
-            Some(dt) => Inner::Ggml(QTensor::quantize(&w.to_dtype(DType::F32)?, dt)?),
+            Some(dt) => Inner::Ggml(Arc::new(QTensor::quantize(&w.to_dtype(DType::F32)?, dt)?)),
         };
-        Ok(QuantWeight(q))
+        Ok(q.into())
     }
 
     /// Wraps NF4 storage (e.g. bitsandbytes' parts through [`Nf4Weight::from_parts`]).
     pub fn from_nf4(w: Nf4Weight) -> Self {
-        QuantWeight(Inner::Nf4(w))
+        Inner::Nf4(w).into()
     }
 
     /// The GGML tensor, for a GGML format.
     pub fn as_qtensor(&self) -> Option<&QTensor> {
-        match &self.0 {
-            Inner::Ggml(q) => Some(q),
+        match &self.inner {
+            Inner::Ggml(q) => Some(q.as_ref()),
             Inner::Nf4(_) => None,
         }
     }
 
     /// The NF4 storage, for NF4.
     pub fn as_nf4(&self) -> Option<&Nf4Weight> {
-        match &self.0 {
+        match &self.inner {
             Inner::Nf4(w) => Some(w),
             Inner::Ggml(_) => None,
         }
@@ -158,12 +175,12 @@ impl QuantWeight {
                 reason,
             });
         }
-        Ok(QuantWeight(Inner::Ggml(q)))
+        Ok(Inner::Ggml(Arc::new(q)).into())
     }
 
     /// The storage format.
     pub fn format(&self) -> QuantFormat {
-        match &self.0 {
+        match &self.inner {
             Inner::Nf4(_) => QuantFormat::Nf4,
             // Only quantized GGML types are ever wrapped (see `from_qtensor` / `quantize`).
             Inner::Ggml(q) => format_of_ggml(q.dtype()).unwrap_or(QuantFormat::Q8_0),
@@ -172,7 +189,7 @@ impl QuantWeight {
 
     /// `(rows, cols)` = `(out, in)`.
     pub fn dims(&self) -> (usize, usize) {
-        match &self.0 {
+        match &self.inner {
             Inner::Nf4(w) => w.dims(),
             Inner::Ggml(q) => match q.shape().dims() {
                 [r, c] => (*r, *c),
@@ -183,7 +200,7 @@ impl QuantWeight {
 
     /// The device the quantized data lives on.
     pub fn device(&self) -> Device {
-        match &self.0 {
+        match &self.inner {
             Inner::Nf4(w) => w.device().clone(),
             Inner::Ggml(q) => q.device(),
         }
@@ -199,7 +216,7 @@ impl QuantWeight {
     /// The weight, dequantized, `[rows, cols]` in `dtype` on its device (a new tensor, outside
     /// any graph).
     pub fn dequantize(&self, dtype: DType) -> candle_core::Result<Tensor> {
-        match &self.0 {
+        match &self.inner {
             Inner::Nf4(w) => w.dequantize(dtype),
             Inner::Ggml(q) => q.dequantize(&q.device())?.to_dtype(dtype),
         }
@@ -225,7 +242,7 @@ impl QuantWeight {
         {
             return Err(err(format!("not a permutation of its {rows} rows")));
         }
-        let Inner::Ggml(q) = &self.0 else {
+        let Inner::Ggml(q) = &self.inner else {
             return Err(err(
                 "NF4 blocks span rows; its rows cannot be reordered".into()
             ));
@@ -245,9 +262,63 @@ impl QuantWeight {
             out.extend_from_slice(&data[p * row_bytes..(p + 1) * row_bytes]);
         }
         let storage = QStorage::from_data(Cow::Owned(out), &q.device(), dt)?;
-        Ok(QuantWeight(Inner::Ggml(QTensor::new(
-            storage,
-            (rows, cols),
-        )?)))
+        Ok(Inner::Ggml(Arc::new(QTensor::new(storage, (rows, cols))?)).into())
+    }
+
+    /// For inference: forward products of this GGML weight on the CPU run GGML's quantized
+    /// kernels (candle's `QMatMul`, llama.cpp's numerics: each activation row is quantized to
+    /// 8 bits per block before the dot products) instead of multiplying by the dequantized
+    /// weight — for one token ~25× faster on a 4096² Q4_K layer, within ~1 % of the exact
+    /// product. Backward products stay exact. No effect on NF4 weights or other devices.
+    pub fn set_ggml_kernels(&self, on: bool) {
+        self.ggml_kernels.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether [`QuantWeight::set_ggml_kernels`] is on (and the weight is a GGML one).
+    pub fn ggml_kernels(&self) -> bool {
+        matches!(self.inner, Inner::Ggml(_)) && self.ggml_kernels.load(Ordering::Relaxed)
+    }
+
+    /// `x · Wᵀ` for `x [m, cols]` (f32, row-major) through GGML's kernels when they are on and
+    /// the weight is on the CPU; `None` otherwise.
+    pub(crate) fn ggml_forward_cpu(
+        &self,
+        x: &[f32],
+        m: usize,
+    ) -> Option<candle_core::Result<Vec<f32>>> {
+        let Inner::Ggml(q) = &self.inner else {
+            return None;
+        };
+        if !self.ggml_kernels() || !q.device().is_cpu() {
+            return None;
+        }
+        let (_, cols) = self.dims();
+        let run = || -> candle_core::Result<Vec<f32>> {
+            let xt = Tensor::from_slice(x, (m, cols), &Device::Cpu)?;
+            QMatMul::from_arc(q.clone())?
+                .forward(&xt)?
+                .flatten_all()?
+                .to_vec1()
+        };
+        Some(run())
+    }
+
+    /// `W · aᵀ` `[rows, r]` for `a [r, cols]` through GGML's kernels when they are on and `a` is
+    /// on the CPU (see [`QuantWeight::set_ggml_kernels`]); `None` otherwise.
+    pub(crate) fn ggml_times_at(&self, a: &Tensor) -> Option<candle_core::Result<Tensor>> {
+        let Inner::Ggml(q) = &self.inner else {
+            return None;
+        };
+        if !self.ggml_kernels() || !a.device().is_cpu() {
+            return None;
+        }
+        let run = || {
+            QMatMul::from_arc(q.clone())?
+                .forward(&a.to_dtype(DType::F32)?)?
+                .t()?
+                .contiguous()?
+                .to_dtype(a.dtype())
+        };
+        Some(run())
     }
 }

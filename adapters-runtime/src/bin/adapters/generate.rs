@@ -68,6 +68,10 @@ pub struct GenerateArgs {
     /// Keep the adapter unmerged (as trained) instead of merging it into the weights.
     #[arg(long, requires = "adapter")]
     unmerged: bool,
+    /// A GGUF base computes its quantized products exactly (dequantized, as in training)
+    /// instead of through GGML's quantized kernels (llama.cpp's numerics, much faster).
+    #[arg(long)]
+    exact: bool,
     /// No statistics on stderr.
     #[arg(long)]
     quiet: bool,
@@ -105,6 +109,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 if merge { "merged" } else { "unmerged" }
             ),
         );
+    }
+    if gguf && !args.exact {
+        model.set_ggml_kernels(true);
     }
     let config = generation_config(&args, model_dir, &tok)?;
     let mut out = Stdout::default();

@@ -644,6 +644,23 @@ impl Llama {
         })
     }
 
+    /// For inference over GGML-quantized projections (a GGUF base): forward products run GGML's
+    /// quantized kernels, as llama.cpp does, instead of the exact dequantized product
+    /// ([`QuantWeight::set_ggml_kernels`]; ~1 % from exact, many times faster per token).
+    /// Returns how many projections are GGML-quantized. Turn it off again before training.
+    pub fn set_ggml_kernels(&self, on: bool) -> usize {
+        let mut n = 0;
+        for l in &self.layers {
+            for p in LlamaLayout::new(&self.config).projections() {
+                if let Some(q) = l.projection(p.name).and_then(|lin| lin.quantized()) {
+                    q.set_ggml_kernels(on);
+                    n += usize::from(q.as_qtensor().is_some());
+                }
+            }
+        }
+        n
+    }
+
     /// An empty key / value cache for [`Llama::forward_cached`].
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())
