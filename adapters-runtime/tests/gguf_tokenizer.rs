@@ -344,3 +344,49 @@ fn hostile_metadata_does_not_panic() {
     let text = config_error(&meta, &path, "tokenizer.ggml.scores");
     assert!(text.contains("too long in all to derive merges"), "{text}");
 }
+
+/// `tokenizer.chat_template` becomes the tokenizer's chat template, with the file's BOS / EOS as
+/// `bos_token` / `eos_token`; a template that does not compile is reported when a conversation
+/// needs it, not when the tokenizer loads.
+#[test]
+fn the_chat_template_comes_from_the_metadata() {
+    use adapters_runtime::chat::Message;
+    let (path, mut meta) = metadata("spm_llama");
+    let tok = Tokenizer::from_gguf_metadata(&meta, &path).expect("builds");
+    assert!(tok.chat_template().expect("no error").is_none());
+    let source = "{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}{{ eos_token }}{% endfor %}";
+    meta.insert(
+        "tokenizer.chat_template".into(),
+        Value::String(source.into()),
+    );
+    let tok = Tokenizer::from_gguf_metadata(&meta, &path).expect("builds");
+    let template = tok.chat_template().expect("compiles").expect("present");
+    let text = template
+        .render(&[Message::new("user", "Hi")], false)
+        .expect("renders");
+    assert_eq!(text, "<s>[user] Hi</s>");
+    meta.insert(
+        "tokenizer.chat_template".into(),
+        Value::String("{% for %}".into()),
+    );
+    let tok = Tokenizer::from_gguf_metadata(&meta, &path).expect("loads anyway");
+    let e = tok
+        .chat_template()
+        .expect_err("reported on use")
+        .to_string();
+    assert!(e.contains("chat template"), "{e}");
+}
+
+/// Generation over a GGUF file ends at its EOS and at its EOT / EOM ids (out-of-vocabulary ones
+/// ignored), as llama.cpp ends it.
+#[test]
+fn gguf_end_of_generation_ids() {
+    use adapters_runtime::generate::gguf_eos_ids;
+    let (path, mut meta) = metadata("spm_llama");
+    let tok = Tokenizer::from_gguf_metadata(&meta, &path).expect("builds");
+    let eos = tok.eos_id().expect("eos");
+    assert_eq!(gguf_eos_ids(&meta, &tok), vec![eos]);
+    meta.insert("tokenizer.ggml.eot_token_id".into(), Value::U32(5));
+    meta.insert("tokenizer.ggml.eom_token_id".into(), Value::U32(1 << 30));
+    assert_eq!(gguf_eos_ids(&meta, &tok), vec![eos, 5]);
+}

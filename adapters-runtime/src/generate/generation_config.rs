@@ -1,6 +1,7 @@
-//! Defaults a model folder sets for generation: the end-of-sequence ids (`generation_config.json`
-//! and `config.json` `eos_token_id`, a number or a list, as transformers reads them) and the
-//! sampling settings of `generation_config.json`.
+//! Defaults a model sets for generation: the end-of-sequence ids (`generation_config.json` and
+//! `config.json` `eos_token_id`, a number or a list, as transformers reads them; for a GGUF file,
+//! its EOS / EOT / EOM ids and the end-of-turn tokens llama.cpp stops at) and the sampling
+//! settings of `generation_config.json`.
 
 use super::sampling::Sampling;
 use crate::error::{AdapterError, Result};
@@ -61,6 +62,43 @@ pub fn eos_ids(model_dir: Option<&Path>, tok: &Tokenizer) -> Result<Vec<u32>> {
         }
     }
     Ok(ids)
+}
+
+/// The end-of-turn token texts llama.cpp also stops at (its `special_eog_ids`): a GGUF file keeps
+/// one EOS id, while chat models end their turns with one of these.
+pub const EOG_TOKENS: [&str; 8] = [
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "<｜end▁of▁sentence｜>",
+];
+
+/// The ids that end generation for a GGUF file's model: the tokenizer's EOS, the metadata's
+/// `tokenizer.ggml.eos_token_id`, `eot_token_id` and `eom_token_id`, and the ids of
+/// [`EOG_TOKENS`] in the vocabulary — as llama.cpp decides where generation ends.
+pub fn gguf_eos_ids(
+    metadata: &std::collections::HashMap<String, candle_core::quantized::gguf_file::Value>,
+    tok: &Tokenizer,
+) -> Vec<u32> {
+    let mut ids: Vec<u32> = tok.eos_id().into_iter().collect();
+    let keys = ["eos", "eot", "eom"].map(|k| format!("tokenizer.ggml.{k}_token_id"));
+    let from_meta = keys
+        .iter()
+        .filter_map(|k| metadata.get(k))
+        .filter_map(crate::gguf::metadata_int)
+        .filter_map(|v| u32::try_from(v).ok())
+        .filter(|&id| (id as usize) < tok.vocab_size());
+    let named = EOG_TOKENS.iter().filter_map(|t| tok.token_to_id(t));
+    for id in from_meta.chain(named) {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
 }
 
 /// The sampling settings of `model_dir/generation_config.json` as transformers' `generate` would

@@ -10,6 +10,8 @@ mod text_stream;
 
 pub use chat_session::ChatSession;
 pub use decode::{generate, greedy_batch, Generation, GenerationConfig, StopReason};
-pub use generation_config::{eos_ids, sampling_defaults, TRANSFORMERS_TOP_K};
+pub use generation_config::{
+    eos_ids, gguf_eos_ids, sampling_defaults, EOG_TOKENS, TRANSFORMERS_TOP_K,
+};
 pub use sampling::{argmax, Sampler, Sampling};
 pub use text_stream::TextStream;

@@ -13,6 +13,7 @@ mod value;
 pub mod write;
 
 pub use inspect::{inspect_gguf, GgufInspection};
+pub(crate) use value::as_int as metadata_int;
 
 use crate::error::{AdapterError, Result};
 use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};

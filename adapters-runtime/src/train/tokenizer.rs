@@ -185,6 +185,14 @@ impl Tokenizer {
         }
     }
 
+    /// The id of the token `text` (special tokens included), if the vocabulary has it.
+    pub fn token_to_id(&self, text: &str) -> Option<u32> {
+        match self {
+            Tokenizer::Bytes => None,
+            Tokenizer::Hf(h) => h.inner.token_to_id(text),
+        }
+    }
+
     /// Encodes text without adding special tokens, with each token's byte range in `text`.
     pub fn encode_with_offsets(&self, text: &str) -> Result<Encoded> {
         match self {

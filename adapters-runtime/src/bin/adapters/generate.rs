@@ -3,8 +3,8 @@
 
 use adapters_runtime::estimate::BaseDType;
 use adapters_runtime::generate::{
-    eos_ids, generate, sampling_defaults, ChatSession, Generation, GenerationConfig, StopReason,
-    TRANSFORMERS_TOP_K,
+    eos_ids, generate, gguf_eos_ids, sampling_defaults, ChatSession, Generation, GenerationConfig,
+    StopReason, TRANSFORMERS_TOP_K,
 };
 use adapters_runtime::gguf::is_gguf_path;
 use adapters_runtime::models::llama::{load_model, Llama};
@@ -113,7 +113,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if gguf && !args.exact {
         model.set_ggml_kernels(true);
     }
-    let config = generation_config(&args, model_dir, &tok)?;
+    let mut config = generation_config(&args, model_dir, &tok)?;
+    if gguf {
+        let file = adapters_runtime::gguf::GgufFile::open(&args.model)?;
+        for id in gguf_eos_ids(file.metadata(), &tok) {
+            if !config.eos.contains(&id) {
+                config.eos.push(id);
+            }
+        }
+    }
     let mut out = Stdout::default();
     let result = if args.chat {
         chat(&args, &model, &tok, &config, &mut out)
