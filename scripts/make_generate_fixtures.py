@@ -39,6 +39,9 @@ import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, GenerationConfig
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_family_fixtures import perturb_adapter  # noqa: E402  (the same adapter values)
+
 torch.set_default_dtype(torch.float32)
 torch.set_num_threads(2)
 
@@ -82,23 +85,6 @@ def randomize(model, gen):
                 p.copy_(z / math.sqrt(p.shape[1]))
             else:
                 raise RuntimeError("unexpected parameter " + n)
-
-
-def perturb_adapter(model, gen):
-    """A ~ N(0,1/in), B ~ 0.05 N(0,1), magnitude = PEFT's init ||W0||_row * (1 + 0.1 N(0,1))."""
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_" not in n:
-                continue
-            z = torch.randn(p.shape, generator=gen)
-            if "lora_A" in n:
-                p.copy_(z / math.sqrt(p.shape[1]))
-            elif "lora_B" in n:
-                p.copy_(0.05 * z)
-            elif "magnitude" in n:
-                p.copy_(p * (1.0 + 0.1 * z))
-            else:
-                raise RuntimeError(n)
 
 
 def make_llama(d):

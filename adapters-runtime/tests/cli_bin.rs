@@ -3,7 +3,7 @@
 
 mod cli_support;
 
-use cli_support::{adapters, fixture, text};
+use cli_support::{adapters, adapters_with_closed_stdout, fixture, text};
 use std::process::Command;
 
 #[test]
@@ -129,17 +129,9 @@ fn bad_input_fails_with_a_message() {
 #[cfg(unix)]
 #[test]
 fn closed_or_full_stdout_is_handled() {
-    use std::process::Stdio;
     let dir = fixture("tiny_llama_dora").join("adapter");
     // Closed pipe: the reader is gone before the command writes.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_adapters"))
-        .args(["inspect", dir.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let o = child.wait_with_output().unwrap();
+    let o = adapters_with_closed_stdout(&["inspect", dir.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert!(!text(&o.stderr).contains("panicked"), "{}", text(&o.stderr));
     // Full device.

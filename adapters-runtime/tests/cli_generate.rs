@@ -5,7 +5,7 @@
 
 mod cli_support;
 
-use cli_support::{fixtures, scratch, text};
+use cli_support::{adapters_with_closed_stdout, fixtures, scratch, text};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -170,21 +170,16 @@ fn piped_chat_answers_every_line_reproducibly() {
 #[test]
 fn closed_stdout_and_bad_settings() {
     let dir = model_dir("gen-pipe");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_adapters"))
-        .args([
-            "generate",
-            "--model",
-            dir.to_str().unwrap(),
-            "--prompt",
-            "abc",
-        ])
-        .args(["--max-new-tokens", "40", "--quiet"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let o = child.wait_with_output().unwrap();
+    let o = adapters_with_closed_stdout(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "abc",
+        "--max-new-tokens",
+        "40",
+        "--quiet",
+    ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     for (flag, says) in [
         ("--top-p=0", "top_p"),

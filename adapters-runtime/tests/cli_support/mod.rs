@@ -23,6 +23,19 @@ pub fn adapters(args: &[&str]) -> Output {
         .expect("running adapters")
 }
 
+/// Runs the binary with `args` and its stdout closed before it writes (a reader that went away,
+/// as in `adapters … | head`).
+pub fn adapters_with_closed_stdout(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adapters"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running adapters");
+    drop(child.stdout.take());
+    child.wait_with_output().expect("waiting for adapters")
+}
+
 /// Output bytes as text.
 pub fn text(o: &[u8]) -> String {
     String::from_utf8_lossy(o).into_owned()
