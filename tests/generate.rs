@@ -412,3 +412,52 @@ fn ggml_kernels_for_inference_over_gguf_bases() {
         );
     }
 }
+
+/// DoRA norm caching (PEFT's `DoraCaching`): the cached norm gives the same logits bit for bit;
+/// it is really reused (a changed `B` is not seen while caching is on); and `generate` turns it
+/// on only for its own duration.
+#[test]
+fn dora_norms_are_cached_only_while_generating() {
+    let m = family("qwen3", true);
+    let ids = Tensor::new(&[[5u32, 17, 33, 2, 71, 9]], &test_device()).unwrap();
+    let exact = m.forward(&ids).unwrap();
+    m.set_dora_norm_caching(true).unwrap();
+    for _ in 0..2 {
+        assert_eq!(rel_err(&m.forward(&ids).unwrap(), &exact), 0.0);
+    }
+    let double_b = || {
+        for (name, v) in m.named_trainable_vars().unwrap() {
+            if name.contains("lora_B") {
+                v.set(&(v.as_tensor() * 2.0).unwrap()).unwrap();
+            }
+        }
+    };
+    double_b();
+    let stale = m.forward(&ids).unwrap();
+    m.set_dora_norm_caching(false).unwrap();
+    let fresh = m.forward(&ids).unwrap();
+    assert!(
+        rel_err(&stale, &fresh) > 1e-4,
+        "the cached norm was not used"
+    );
+    // After `generate`, caching is off again: a change of B is seen at once.
+    let tok = Tokenizer::byte_level();
+    let config = GenerationConfig {
+        max_new_tokens: 3,
+        ..GenerationConfig::default()
+    };
+    generate(
+        &m,
+        &tok,
+        &[5, 17, 33],
+        &config,
+        &mut m.new_cache(),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    double_b();
+    let after = m.forward(&ids).unwrap();
+    m.set_dora_norm_caching(false).unwrap();
+    assert_eq!(rel_err(&after, &m.forward(&ids).unwrap()), 0.0);
+    assert!(rel_err(&after, &fresh) > 1e-4);
+}

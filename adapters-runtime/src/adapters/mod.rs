@@ -282,6 +282,20 @@ pub trait Adapters: AdapterModel {
         self.for_each_adapted(&mut |l| l.set_enabled(enabled))
     }
 
+    /// DoRA norm caching, as PEFT's `DoraCaching`: while on, each DoRA layer computes its
+    /// detached norm `‖W0 + s·B·A‖` once and reuses it, instead of forming `W0·Aᵀ` on every
+    /// forward — for generation, where the adapters do not change
+    /// ([`crate::generate::generate`] turns it on for its duration). Turning it on or off drops
+    /// the cached norms. While on, a change of `A` or `B` (a training step, a load) is not seen
+    /// by the norm: turn it off before training.
+    fn set_dora_norm_caching(&self, on: bool) -> Result<()> {
+        self.for_each_layer(&mut |_, l| {
+            if let Some(ad) = l.adapter() {
+                ad.set_norm_caching(on);
+            }
+        })
+    }
+
     /// Training mode for every adapter (dropout on the adapter input).
     fn set_adapters_training(&mut self, training: bool) -> Result<()> {
         self.for_each_adapted(&mut |l| {

@@ -3,6 +3,7 @@
 
 use super::sampling::{argmax, Sampler, Sampling};
 use super::text_stream::TextStream;
+use crate::adapters::Adapters;
 use crate::error::Result;
 use crate::models::llama::{KvCache, Llama};
 use crate::train::Tokenizer;
@@ -77,12 +78,32 @@ impl Generation {
     }
 }
 
+/// DoRA norm caching for the duration of a generation: the adapters cannot change while it
+/// holds the model, so each layer's norm is computed once ([`Adapters::set_dora_norm_caching`]),
+/// not on every token. Off again (and the norms dropped) when it ends.
+struct NormCaching<'a>(&'a Llama);
+
+impl<'a> NormCaching<'a> {
+    fn on(model: &'a Llama) -> Result<Self> {
+        model.set_dora_norm_caching(true)?;
+        Ok(Self(model))
+    }
+}
+
+impl Drop for NormCaching<'_> {
+    fn drop(&mut self) {
+        // Turning caching off only stores a flag and drops tensors: it cannot fail.
+        let _ = self.0.set_dora_norm_caching(false);
+    }
+}
+
 /// Generates a continuation of `prompt` (ids, special tokens included as the model expects).
 /// `cache` holds what the model has already seen of this sequence: its first
 /// [`KvCache::len`] positions must equal `prompt`'s (a conversation going on), and only the rest
 /// runs; pass a fresh cache ([`Llama::new_cache`]) otherwise. When this returns, the cache holds
 /// the prompt and the generated tokens but the last. `on_text` receives the text as it becomes
-/// final (streaming); returning an error from it stops generation with that error.
+/// final (streaming); returning an error from it stops generation with that error. DoRA norms
+/// are computed once per call (see [`Adapters::set_dora_norm_caching`]).
 pub fn generate(
     model: &Llama,
     tok: &Tokenizer,
@@ -94,6 +115,7 @@ pub fn generate(
     let device = model.device();
     let max_positions = model.rope().max_positions();
     let mut sampler = Sampler::new(config.sampling.clone())?;
+    let _caching = NormCaching::on(model)?;
     let mut stream = TextStream::new(tok, &config.stop_strings);
     let mut history: Vec<u32> = prompt.to_vec();
     let mut ids = Vec::new();
@@ -166,6 +188,7 @@ pub fn greedy_batch(
 ) -> Result<Vec<Vec<u32>>> {
     let device = model.device();
     let max_positions = model.rope().max_positions();
+    let _caching = NormCaching::on(model)?;
     let mut out = vec![Vec::new(); prompts.len()];
     let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
     for (i, p) in prompts.iter().enumerate() {

@@ -252,6 +252,15 @@ impl<K: LayerKind> Adapted<K> {
 
     /// The detached DoRA norm `‖W0 + s·B·A‖` per output, without forming the `out × in` matrix.
     pub(crate) fn norm_of(&self, ad: &Adapter) -> candle_core::Result<Tensor> {
+        if let Some(norm) = ad.cached_norm() {
+            return Ok(norm);
+        }
+        let norm = self.compute_norm(ad)?;
+        ad.store_norm(&norm);
+        Ok(norm)
+    }
+
+    fn compute_norm(&self, ad: &Adapter) -> candle_core::Result<Tensor> {
         let a = ad.a.as_tensor().detach();
         let w_at = match &self.quant {
             // Inference through GGML's kernels (`QuantWeight::set_ggml_kernels`).

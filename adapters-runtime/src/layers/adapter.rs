@@ -8,7 +8,16 @@ use crate::layers::dora_norm;
 use crate::ops::dropout_mask;
 use crate::seed::mix_seed;
 use candle_core::{DType, Shape, Tensor, Var};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::RwLock;
+
+/// The DoRA norm kept while norm caching is on (PEFT's `DoraCaching`; see
+/// [`crate::Adapters::set_dora_norm_caching`]). A clone starts off and empty.
+#[derive(Debug, Default)]
+pub(crate) struct NormCache {
+    on: AtomicBool,
+    norm: RwLock<Option<Tensor>>,
+}
 
 /// One attached adapter. `A` is `[r, in]` (`[r, vocab]` for embeddings) and `B` is `[out, r]`
 /// (`[dim, r]`), both in the adapter dtype; the DoRA magnitude is `[out]` (`[dim]`).
@@ -34,6 +43,7 @@ pub struct Adapter {
     pub(crate) training: bool,
     pub(crate) seed: u64,
     pub(crate) dropout_step: AtomicU64,
+    pub(crate) norm_cache: NormCache,
 }
 
 impl Clone for Adapter {
@@ -52,6 +62,7 @@ impl Clone for Adapter {
             training: self.training,
             seed: self.seed,
             dropout_step: AtomicU64::new(self.dropout_step()),
+            norm_cache: NormCache::default(),
         }
     }
 }
@@ -72,6 +83,7 @@ impl Adapter {
             training: false,
             seed,
             dropout_step: AtomicU64::new(0),
+            norm_cache: NormCache::default(),
         }
     }
 
@@ -173,6 +185,40 @@ impl Adapter {
             x.device(),
         )?;
         x * mask
+    }
+
+    /// Turns DoRA norm caching on or off; either way the cached norm is dropped.
+    pub(crate) fn set_norm_caching(&self, on: bool) {
+        self.norm_cache.on.store(on, Ordering::Relaxed);
+        *self
+            .norm_cache
+            .norm
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The cached norm, while caching is on and one was computed.
+    pub(crate) fn cached_norm(&self) -> Option<Tensor> {
+        if !self.norm_cache.on.load(Ordering::Relaxed) {
+            return None;
+        }
+        let guard = self
+            .norm_cache
+            .norm
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        guard.clone()
+    }
+
+    /// Keeps `norm` while caching is on.
+    pub(crate) fn store_norm(&self, norm: &Tensor) {
+        if self.norm_cache.on.load(Ordering::Relaxed) {
+            *self
+                .norm_cache
+                .norm
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = Some(norm.clone());
+        }
     }
 
     /// The detached DoRA norm `‖W0 + s·B·A‖` given `W0·Aᵀ` (computed by the layer).
