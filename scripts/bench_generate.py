@@ -77,6 +77,7 @@ def main():
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--dtype", default="f32", choices=["f32", "bf16", "f16"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check runs it on cuda)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--adapter-rank", type=int, default=16)
     p.add_argument("--variants", default=",".join(VARIANTS))
@@ -117,7 +118,7 @@ def main():
         attn_implementation=a.attn,
     )
     torch.manual_seed(a.seed)
-    base = LlamaForCausalLM(cfg).to(dt).eval()
+    base = LlamaForCausalLM(cfg).to(device=a.device, dtype=dt).eval()
     attn = base.config._attn_implementation
 
     def with_dora():
@@ -139,7 +140,7 @@ def main():
         models["dora_merged"] = with_dora().merge_and_unload().eval()
 
     g = torch.Generator().manual_seed(a.seed ^ 0x9E37)
-    prompt = torch.randint(0, a.vocab, (1, a.prompt), generator=g)
+    prompt = torch.randint(0, a.vocab, (1, a.prompt), generator=g).to(a.device)
     attention_mask = torch.ones_like(prompt)
 
     def run(m, use_cache, dora_cache):

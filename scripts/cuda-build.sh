@@ -100,7 +100,8 @@ run_cargo() { # run_cargo <required: 1|0> <cargo args...>
 }
 if [ "$build" = 1 ]; then
   run_cargo 1 test --no-run --test gpu_suite
-  run_cargo 1 build --example bench_layers --example vram_check --example bench_train
+  run_cargo 1 build --example bench_layers --example vram_check --example bench_train \
+    --example bench_generate
   # The fine-tuning example may be absent or not build yet: gpu-check.sh reports it missing.
   if [ -e examples/finetune/main.rs ] || [ -e examples/finetune.rs ]; then
     run_cargo 0 build --example finetune

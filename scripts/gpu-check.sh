@@ -5,8 +5,9 @@
 # the same layers on the same card (scripts/peft_bench.py; needs torch + peft), and model-level
 # training of a ~1B Llama (bf16, 4 × 1024 tokens, r = 16) against PEFT in the same call
 # (scripts/peft_train_compare.py with bench_train; needs torch + transformers + peft), and the same
-# with an NF4 base against PEFT over bitsandbytes 4-bit (QLoRA / QDoRA; needs bitsandbytes). A short table is
-# printed last; everything is also written under --out.
+# with an NF4 base against PEFT over bitsandbytes 4-bit (QLoRA / QDoRA; needs bitsandbytes), and
+# KV-cache decoding of a 1B-like Llama (bf16) against transformers + PEFT (bench_generate and
+# scripts/bench_generate.py). A short table is printed last; everything is also written under --out.
 #
 # Usage: scripts/gpu-check.sh [--bin DIR] [--out DIR] [--steps N] [--runs N] [--only LIST] [--dry-run]
 #
@@ -14,7 +15,7 @@
 #   --out DIR     results: logs and JSON (default: /tmp/adapters-gpu-check)
 #   --steps N     fine-tuning steps of the example (default 60)
 #   --runs N      timed runs per benchmark figure (default 20)
-#   --only LIST   comma-separated subset of: tests,finetune,vram,bench,peft,train,qlora (default: all)
+#   --only LIST   comma-separated subset of: tests,finetune,vram,bench,peft,train,qlora,generate (default: all)
 #   --dry-run     check the arguments, the GPU and the binaries, run nothing
 #
 # Environment: CUDA_LIB_DIR (default /usr/local/cuda/lib64) is put first on LD_LIBRARY_PATH;
@@ -27,7 +28,7 @@ bin=$repo/gpu-bin
 out=/tmp/adapters-gpu-check
 steps=60
 runs=20
-only=tests,finetune,vram,bench,peft,train,qlora
+only=tests,finetune,vram,bench,peft,train,qlora,generate
 dry=0
 die() { echo "gpu-check: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -47,7 +48,7 @@ for v in "$steps" "$runs"; do
 done
 IFS=, read -ra parts <<<"$only"
 for p in "${parts[@]}"; do
-  case $p in tests|finetune|vram|bench|peft|train|qlora) ;; *) die "--only: unknown step \`$p\` (tests,finetune,vram,bench,peft,train,qlora)" ;; esac
+  case $p in tests|finetune|vram|bench|peft|train|qlora|generate) ;; *) die "--only: unknown step \`$p\` (tests,finetune,vram,bench,peft,train,qlora,generate)" ;; esac
 done
 wants() { [[ ",$only," == *",$1,"* ]]; }
 PYTHON=${PYTHON:-python3}
@@ -200,10 +201,29 @@ compare() {
 compare train "torch, transformers, peft"
 compare qlora "torch, transformers, peft, bitsandbytes" --quant nf4
 
+# --- 7. generation: decode with the KV cache, ours and transformers + PEFT's, a 1B-like shape ----
+gen_shape=(--hidden 2048 --layers 16 --heads 32 --kv-heads 8 --intermediate 8192 --vocab 128256
+  --prompt 512 --new 128 --dtype bf16 --rounds 2 --uncached none)
+if wants generate; then
+  if [ -z "${exe[bench_generate]:-}" ]; then record generate "FAIL: bench_generate not in $bin"
+  else
+    echo "gpu-check: [generate] bench_generate --device cuda ${gen_shape[*]}"
+    if "${exe[bench_generate]}" --device cuda "${gen_shape[@]}" --json "$out/generate.json" \
+      >"$out/generate.log" 2>&1; then
+      if "$PYTHON" -c 'import torch, transformers, peft' 2>/dev/null; then
+        "$PYTHON" "$repo/scripts/bench_generate.py" --device cuda "${gen_shape[@]}" \
+          --json "$out/generate_peft.json" >"$out/generate_peft.log" 2>&1 ||
+          echo "gpu-check: [generate] the PyTorch side failed: $(tail -2 "$out/generate_peft.log")"
+      fi
+      record generate ok
+    else record generate "FAIL (exit $?): $(tail -3 "$out/generate.log" | tr '\n' ' ')"; fi
+  fi
+fi
+
 # --- the table -----------------------------------------------------------------------------
 echo
 echo "== adapters on $gpu"
-for step in tests finetune vram bench peft train qlora; do
+for step in tests finetune vram bench peft train qlora generate; do
   wants "$step" && printf '%-9s %s\n' "$step" "${result[$step]:-not run}"
 done
 if [ -f "$out/train_compare.log" ]; then
@@ -214,6 +234,9 @@ if [ -f "$out/qlora_compare.log" ]; then
   echo; echo "QLoRA / QDoRA, NF4 base (scripts/peft_train_compare.py --quant nf4)"
   sed -n '/^| method/,$p' "$out/qlora_compare.log"
 fi
+for f in generate generate_peft; do
+  [ -f "$out/$f.log" ] && { echo; echo "generation ($f)"; grep -E '^(impl|adapters|pytorch) ' "$out/$f.log"; }
+done
 if command -v "$PYTHON" >/dev/null 2>&1; then
   "$PYTHON" - "$out" <<'PY'
 import json, os, sys
