@@ -164,6 +164,40 @@ def prompt_for(seed, length):
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(1, VOCAB, (length,), generator=gen).tolist()
 
+CHATML_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+                   "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+                   "{% endif %}")
+
+
+def make_chatml_tokenizer(d):
+    """A character-level tokenizer for the vocab-96 models, with ChatML's special tokens and template:
+    id 0 = '\\n', ids 1..93 = chr(32..124), 94 = <|im_start|>, 95 = <|im_end|> (EOS and PAD). Prints
+    transformers' apply_chat_template ids for the conversation tests/generate.rs checks."""
+    from transformers import PreTrainedTokenizerFast
+    os.makedirs(d, exist_ok=True)
+    chars = ["\n"] + [chr(c) for c in range(32, 125)]
+    vocab = {c: i for i, c in enumerate(chars)}
+    specials = (("<|im_start|>", 94), ("<|im_end|>", 95))
+    vocab.update(dict(specials))
+    added = [dict(id=i, content=t, single_word=False, lstrip=False, rstrip=False, normalized=False, special=True)
+             for t, i in specials]
+    tok = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+           "normalizer": None, "pre_tokenizer": None, "post_processor": None, "decoder": {"type": "Fuse"},
+           "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                     "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                     "vocab": vocab, "merges": []}}
+    with open(os.path.join(d, "tokenizer.json"), "w") as fh:
+        json.dump(tok, fh, indent=1, ensure_ascii=False)
+    cfg = {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|im_end|>", "chat_template": CHATML_TEMPLATE,
+           "tokenizer_class": "PreTrainedTokenizerFast"}
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as fh:
+        json.dump(cfg, fh, indent=1)
+    t = PreTrainedTokenizerFast(tokenizer_file=os.path.join(d, "tokenizer.json"), eos_token="<|im_end|>",
+                                pad_token="<|im_end|>")
+    t.chat_template = CHATML_TEMPLATE
+    msgs = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}]
+    log("chatml: apply_chat_template ids", t.apply_chat_template(msgs, tokenize=True, return_dict=False))
+
 
 def main():
     if os.environ.get("PYTHONHASHSEED") != "0":
@@ -176,6 +210,7 @@ def main():
     os.makedirs(out, exist_ok=True)
     log("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__)
     make_llama(os.path.join(out, "llama"))
+    make_chatml_tokenizer(os.path.join(out, "chatml_tokenizer"))
 
     def local_dir(rel):   # generate/... lives in OUT_DIR, families/... in the repository
         return os.path.join(out, rel[len("generate/"):]) if rel.startswith("generate/") else os.path.join(fixtures, rel)
