@@ -562,3 +562,26 @@ fn errors_name_the_template() {
         .to_string();
     assert!(msg.contains("U+FDD0"), "{msg}");
 }
+
+/// A hostile template neither hangs nor allocates without bound: an endless loop runs out of
+/// fuel (`MAX_FUEL` instructions per rendering) and a huge repetition is refused, both as typed
+/// errors naming the template.
+#[test]
+fn hostile_templates_are_bounded() {
+    let start = std::time::Instant::now();
+    for (source, says) in [
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "fuel",
+        ),
+        ("{{ 'x' * 1000000000000 }}", "too large"),
+    ] {
+        let t = ChatTemplate::new(source, SpecialTokens::default(), "hostile.jinja").unwrap();
+        let msg = t
+            .render(&[Message::new("user", "x")], false)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("hostile.jinja") && msg.contains(says), "{msg}");
+    }
+    assert!(start.elapsed().as_secs() < 60, "{:?}", start.elapsed());
+}

@@ -29,4 +29,4 @@ mod template;
 
 pub use message::{Message, ROLES};
 pub use strftime::DateTime;
-pub use template::{ChatTemplate, SpecialTokens};
+pub use template::{ChatTemplate, SpecialTokens, MAX_FUEL};

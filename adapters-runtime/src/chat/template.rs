@@ -15,6 +15,9 @@ mod spans;
 
 /// The name the compiled template has in the environment (errors name the source instead).
 const MAIN: &str = "chat_template";
+/// Template instructions one rendering may execute (real templates need a few hundred per
+/// message).
+pub const MAX_FUEL: u64 = 20_000_000;
 /// The filter `{% generation %}` blocks are rewritten to.
 const GENERATION_FILTER: &str = "__adapters_generation";
 /// The context variable that turns the generation markers on.
@@ -207,6 +210,9 @@ impl ChatTemplate {
     pub fn new(source: &str, special: SpecialTokens, name: &str) -> Result<Self> {
         let (rewritten, generation_blocks) = rewrite_generation_tags(source);
         let mut env = Environment::new();
+        // A template is code from the model's folder: a bounded number of instructions per
+        // rendering turns an endless one into an error instead of a hang.
+        env.set_fuel(Some(MAX_FUEL));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
