@@ -585,3 +585,22 @@ fn hostile_templates_are_bounded() {
     }
     assert!(start.elapsed().as_secs() < 60, "{:?}", start.elapsed());
 }
+
+/// Templates that make minijinja 2.24 panic (reversing an empty iterable, found by the
+/// `chat_template` fuzz target: `tests/fixtures/fuzz/chat_template_reverse_empty.jinja`) are a
+/// typed error naming the template.
+#[test]
+fn a_panic_in_the_template_engine_is_a_typed_error() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
+    for source in [
+        "{{ (nothing | map(attribute='role'))[::-1] | list }}".to_string(),
+        std::fs::read_to_string(dir.join("chat_template_reverse_empty.jinja")).unwrap(),
+    ] {
+        let t = ChatTemplate::new(&source, SpecialTokens::default(), "panics.jinja").unwrap();
+        let e = t
+            .render(&[Message::new("user", "x")], false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("panics.jinja") && e.contains("panicked"), "{e}");
+    }
+}

@@ -431,7 +431,18 @@ impl ChatTemplate {
             .env
             .get_template(MAIN)
             .map_err(|e| render_err(&self.name, &e))?;
-        template.render(ctx).map_err(|e| render_err(&self.name, &e))
+        // minijinja 2.24 panics on some templates (an out-of-range index reversing an empty
+        // iterable with `[::-1]`, found by the `chat_template` fuzz target): a panic while
+        // rendering becomes this typed error.
+        let rendered =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| template.render(ctx)))
+                .map_err(|_| {
+                    template_err(
+                        &self.name,
+                        "the template engine (minijinja) panicked rendering this template",
+                    )
+                })?;
+        rendered.map_err(|e| render_err(&self.name, &e))
     }
 
     /// Refuses messages holding the marker characters spans are tracked with.
