@@ -5,7 +5,7 @@
 //!   (`adapter_model.safetensors` + `adapter_config.json`), which `PeftModel.from_pretrained` loads,
 //!   and back. Round trips are bit-exact.
 //! * [`merge_checkpoint`]: a PEFT adapter folded into a base `.safetensors` file or HF model folder
-//!   (sharded or not), streamed tensor by tensor; or into a GGUF file ([`merge_gguf`]), written
+//!   (sharded or not), streamed tensor by tensor; or into a GGUF file ([`merge_gguf()`]), written
 //!   back as GGUF re-quantized to its own types, or dequantized as an HF checkpoint.
 //! * [`inspect_adapter`]: what an adapter folder holds (the `inspect` report).
 

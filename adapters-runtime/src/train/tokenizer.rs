@@ -177,14 +177,6 @@ impl Tokenizer {
         }
     }
 
-    /// The token string of `id` (special tokens included), if `id` is in the vocabulary.
-    pub fn id_to_token(&self, id: u32) -> Option<String> {
-        match self {
-            Tokenizer::Bytes => None,
-            Tokenizer::Hf(h) => h.inner.id_to_token(id),
-        }
-    }
-
     /// The id of the token `text` (special tokens included), if the vocabulary has it.
     pub fn token_to_id(&self, text: &str) -> Option<u32> {
         match self {
