@@ -1,7 +1,7 @@
 //! The decoding loop: the prompt through the model once, then one token per step through the
 //! key / value cache, until EOS, a stop string, `max_new_tokens` or the end of the context.
 
-use super::sampling::{argmax, Sampler, Sampling};
+use super::sampling::{argmax, no_token, Sampler, Sampling};
 use super::text_stream::TextStream;
 use crate::adapters::Adapters;
 use crate::error::Result;
@@ -212,7 +212,7 @@ pub fn greedy_batch(
             let mut next = Vec::with_capacity(rows.len());
             for (k, row) in rows.iter().enumerate() {
                 let scores: Vec<f64> = row.iter().map(|&x| f64::from(x)).collect();
-                let id = argmax(&scores).unwrap_or(0);
+                let id = argmax(&scores).ok_or_else(no_token)?;
                 if !done[k] {
                     out[group[k]].push(id);
                     done[k] = eos.contains(&id);

@@ -128,7 +128,8 @@ impl Sampler {
     }
 }
 
-fn no_token() -> AdapterError {
+/// The error when no token can be chosen.
+pub(super) fn no_token() -> AdapterError {
     AdapterError::InvalidState {
         layer: "sampler".into(),
         op: "next token",

@@ -6,7 +6,7 @@ use adapters_runtime::generate::{
     eos_ids, generate, gguf_eos_ids, sampling_defaults, ChatSession, Generation, GenerationConfig,
     StopReason, TRANSFORMERS_TOP_K,
 };
-use adapters_runtime::gguf::is_gguf_path;
+use adapters_runtime::gguf::{is_gguf_path, GgufFile};
 use adapters_runtime::models::llama::{load_model, Llama};
 use adapters_runtime::train::{encode_prompt, Tokenizer};
 use adapters_runtime::{load_adapter, AdapterError, Adapters, LoadOptions, Result};
@@ -87,7 +87,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let device = adapters_runtime::device(&args.device)?;
     let gguf = is_gguf_path(&args.model);
     let model_dir = (!gguf).then_some(args.model.as_path());
-    let tok = tokenizer(&args, gguf)?;
+    // A GGUF file's header is read once here, for its tokenizer and its end-of-generation ids.
+    let gguf_file = gguf.then(|| GgufFile::open(&args.model)).transpose()?;
+    let tok = tokenizer(&args, gguf_file.as_ref())?;
     let mut model = load_model(&args.model, dtype.to_candle(), &device, None)?.model;
     if let Some(dir) = &args.adapter {
         let options = LoadOptions {
@@ -114,8 +116,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         model.set_ggml_kernels(true);
     }
     let mut config = generation_config(&args, model_dir, &tok)?;
-    if gguf {
-        let file = adapters_runtime::gguf::GgufFile::open(&args.model)?;
+    if let Some(file) = &gguf_file {
         for id in gguf_eos_ids(file.metadata(), &tok) {
             if !config.eos.contains(&id) {
                 config.eos.push(id);
@@ -142,12 +143,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 }
 
 /// The tokenizer: `--tokenizer`, the GGUF metadata, or the model folder's `tokenizer.json`.
-fn tokenizer(args: &GenerateArgs, gguf: bool) -> Result<Tokenizer> {
+fn tokenizer(args: &GenerateArgs, gguf: Option<&GgufFile>) -> Result<Tokenizer> {
     if let Some(path) = &args.tokenizer {
         return Tokenizer::from_file(path);
     }
-    if gguf {
-        return Tokenizer::from_gguf_file(&args.model);
+    if let Some(file) = gguf {
+        return Tokenizer::from_gguf_metadata(file.metadata(), &args.model);
     }
     let path = args.model.join("tokenizer.json");
     if !path.is_file() {

@@ -174,3 +174,53 @@ impl KvCache {
         self.len += t;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// `[1, 2, t, 3]` keys whose every element is its position.
+    fn positions(from: usize, t: usize) -> Tensor {
+        let v: Vec<f32> = (0..2 * t * 3)
+            .map(|i| (from + (i / 3) % t) as f32)
+            .collect();
+        Tensor::from_vec(v, (1, 2, t, 3), &Device::Cpu).unwrap()
+    }
+
+    /// Growing past the first buffer (256 positions) keeps every position, truncating drops the
+    /// tail, and what is appended after it lands at the kept length.
+    #[test]
+    fn buffers_grow_and_truncate_keeping_positions() {
+        let mut kv = LayerKv::default();
+        kv.append(&positions(0, 200), &positions(0, 200)).unwrap();
+        let (k, v) = kv
+            .append(&positions(200, 100), &positions(200, 100))
+            .unwrap();
+        assert_eq!(k.dims(), &[1, 2, 300, 3]);
+        assert_eq!(kv.bytes(), 2 * 2 * 512 * 3 * 4, "doubled to 512 positions");
+        let want: Vec<f32> = (0..300).map(|p| p as f32).collect();
+        for t in [&k, &v] {
+            let got: Vec<f32> = t
+                .narrow(1, 1, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let firsts: Vec<f32> = got.chunks(3).map(|c| c[0]).collect();
+            assert_eq!(firsts, want);
+        }
+        kv.len = 250;
+        let (k, _) = kv.append(&positions(900, 1), &positions(900, 1)).unwrap();
+        assert_eq!(k.dim(2).unwrap(), 251);
+        let last: Vec<f32> = k
+            .narrow(2, 249, 2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(&last[..6], &[249.0, 249.0, 249.0, 900.0, 900.0, 900.0]);
+    }
+}

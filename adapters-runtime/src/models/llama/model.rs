@@ -650,8 +650,9 @@ impl Llama {
     /// Returns how many projections are GGML-quantized. Turn it off again before training.
     pub fn set_ggml_kernels(&self, on: bool) -> usize {
         let mut n = 0;
+        let projections = LlamaLayout::new(&self.config).projections();
         for l in &self.layers {
-            for p in LlamaLayout::new(&self.config).projections() {
+            for p in projections {
                 if let Some(q) = l.projection(p.name).and_then(|lin| lin.quantized()) {
                     q.set_ggml_kernels(on);
                     n += usize::from(q.as_qtensor().is_some());
